@@ -1,0 +1,121 @@
+"""Audio in: any file or array -> 16 kHz mono float32, then Whisper's 30 s log-mel and encoder features."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, OmniInputError
+
+SAMPLE_RATE = 16000
+N_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window
+# The longest input the prompts can hold: int(ms / 20) + 1 must stay <= 1500 Whisper frames.
+MAX_SAMPLES = N_SAMPLES - 1
+MAX_AUDIO_BYTES = 100 * 1024 * 1024
+MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: shorter is almost surely a mistake
+
+
+def _to_mono_float(data: np.ndarray) -> np.ndarray:
+    data = np.asarray(data)
+    if data.dtype == np.int16:
+        data = data.astype(np.float32) / 32768.0
+    elif data.dtype == np.int32:
+        data = data.astype(np.float32) / 2147483648.0
+    elif data.dtype == np.uint8:
+        data = (data.astype(np.float32) - 128.0) / 128.0
+    else:
+        data = data.astype(np.float32)
+    if data.ndim == 2:  # frames x channels -> mono by averaging, as ffmpeg's -ac 1 does
+        data = data.mean(axis=1) if data.shape[1] <= 16 else data.mean(axis=0)
+    elif data.ndim != 1:
+        raise OmniInputError(f"audio array must be 1-D (mono) or 2-D (samples x channels), got shape {data.shape}")
+    return data
+
+
+def load_audio(audio, sample_rate: int | None = None) -> np.ndarray:
+    """A path, a (sample_rate, array) tuple or an array at `sample_rate` -> 16 kHz mono float32 in [-1, 1].
+
+    Like the official ffmpeg path, the result is quantised to 16-bit, so a 16 kHz mono 16-bit WAV gives
+    exactly the samples the official code sees. Other rates are resampled with soxr.
+    """
+    if isinstance(audio, tuple) and len(audio) == 2:
+        sample_rate, audio = audio
+    if isinstance(audio, (str, Path)):
+        audio, sample_rate = _read_file(Path(audio))
+    elif sample_rate is None:
+        raise OmniInputError("an audio array needs its sample rate: pass (sample_rate, array)")
+    data = _to_mono_float(audio)
+    if not np.all(np.isfinite(data)):
+        raise OmniInputError("audio contains NaN or infinite samples")
+    if sample_rate != SAMPLE_RATE:
+        if sample_rate <= 0:
+            raise OmniInputError(f"bad sample rate {sample_rate}")
+        import soxr
+
+        data = soxr.resample(data, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    if len(data) < MIN_SAMPLES:
+        raise OmniInputError(f"audio is empty or too short ({len(data) / SAMPLE_RATE:.2f} s); record at least 0.1 s")
+    if len(data) > MAX_SAMPLES:
+        warnings.warn(f"audio is {len(data) / SAMPLE_RATE:.1f} s long; only the first 30 s are used", stacklevel=2)
+        data = data[:MAX_SAMPLES]
+    # 16-bit quantisation as ffmpeg's s16le output (then / 32768 as whisper.load_audio does)
+    return (np.clip(np.round(data * 32768.0), -32768, 32767).astype(np.int16).astype(np.float32) / 32768.0)
+
+
+def _read_file(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if not path.is_file():
+        raise OmniInputError(f"audio file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise OmniInputError(f"audio file is empty: {path}")
+    if size > MAX_AUDIO_BYTES:
+        raise OmniInputError(f"audio file is too large ({size / 2**20:.0f} MB; limit {MAX_AUDIO_BYTES // 2**20} MB): {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="int16", always_2d=False)
+        return data, sr
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        pass
+    try:  # mp3/m4a/webm and other formats soundfile cannot read
+        import librosa
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data, sr = librosa.load(str(path), sr=None, mono=True)
+        return data, int(sr)
+    except Exception as e:
+        raise OmniInputError(f"cannot decode audio file {path} ({type(e).__name__}); use a WAV, FLAC, OGG or MP3 file") from None
+
+
+# -- Whisper encoder -----------------------------------------------------------------------------------
+def log_mel(audio16k: np.ndarray) -> torch.Tensor:
+    """Whisper's 80-bin log-mel of the audio padded to 30 s: [80, 3000]."""
+    import whisper
+
+    return whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio16k)))
+
+
+def load_whisper_encoder(path: Path):
+    """The audio encoder of an openai-whisper checkpoint (small.pt), fp32, with the stored positional embedding."""
+    from whisper.model import AudioEncoder, ModelDimensions
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the Whisper checkpoint ({type(e).__name__}). Download it again.") from None
+    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
+    dims = ModelDimensions(**ckpt["dims"])
+    enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
+    sd = {k[len("encoder."):]: v.float() for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
+    want = enc.state_dict()
+    missing = sorted(set(want) - set(sd))
+    bad = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+    if missing or bad:
+        raise CheckpointError(f"{path}: Whisper encoder keys missing {missing[:4]} or mis-shaped {bad[:4]}")
+    enc.load_state_dict(sd, strict=False)  # positional_embedding is a buffer: loaded from the file, not recomputed
+    return enc.eval(), dims

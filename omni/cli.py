@@ -1,0 +1,152 @@
+"""`python -m omni {generate,stream,download,tiny,bench}`. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import OmniError
+from .tokens import SPEECH_TASKS, TASKS
+
+TASK_HELP = ("A1A2: voice -> speech+text; A1T2: voice -> text; ASR: voice -> transcript; T1A2: text -> speech+text; "
+             "T1T2: text -> text; IMAGE_A1A2: image + voice -> speech+text")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="checkpoints", help="checkpoint directory in the official layout "
+                   "(default: checkpoints/)")
+    p.add_argument("--snac", default=None, help="SNAC 24 kHz directory (default: <checkpoint>/snac_24khz)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="float32 reproduces the official tokens; float16/bfloat16 are GPU speed modes")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed mode)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m omni", description="Mini-Omni2 inference: voice, image and text in; "
+                                 "text and speech out.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="answer one question; print the text, write tokens and speech",
+                       description="Answer one question. " + TASK_HELP)
+    _model_args(g)
+    g.add_argument("--task", required=True, choices=TASKS, help=TASK_HELP)
+    g.add_argument("--audio", help="question recording (any format soundfile/librosa read; first 30 s used)")
+    g.add_argument("--image", help="image for IMAGE_A1A2 (PNG, JPEG, ...)")
+    g.add_argument("--text", help="question text for T1A2 / T1T2")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="at most this many tokens per row "
+                   "(default: what fits in the 2048-token context)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the official behaviour (default)")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
+    g.add_argument("--tokens-json", help="write {task, prompt_length, text: [ids], audio: [[ids] x 7]} here")
+    g.add_argument("--out-wav", help="write the spoken answer here (24 kHz mono 16-bit WAV)")
+    g.add_argument("--stream", action="store_true", help="print text as it is generated and report streaming stats")
+    g.add_argument("--stream-mode", default="smooth", choices=["smooth", "official"],
+                   help="smooth: chunks decoded with context, tail kept; official: the official chunking")
+    g.add_argument("--stride", type=int, default=4, help="frames per streamed audio chunk (default 4 = 341 ms)")
+
+    d = sub.add_parser("download", help="download the official checkpoint and SNAC from Hugging Face")
+    d.add_argument("--dir", default="checkpoints", help="target directory (default: checkpoints/)")
+
+    t = sub.add_parser("tiny", help="write a random checkpoint in the official layout (tests, benchmarks)")
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--full-size", action="store_true", help="official dimensions (2.8 GB; for benchmarks)")
+
+    b = sub.add_parser("bench", help="measure prefill, decode speed, time to first audio, real-time factor, memory")
+    _model_args(b)
+    b.add_argument("--steps", type=int, default=64, help="decode steps to time (default 64)")
+    b.add_argument("--seconds", type=float, default=3.5, help="length of the spoken test question (default 3.5)")
+    b.add_argument("--json", help="write the figures here as JSON")
+    b.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also measure token agreement with fp32 over N prompts (speed modes)")
+    return ap
+
+
+def cmd_generate(a) -> int:
+    import numpy as np
+    import soundfile as sf
+
+    from .decoding import DecodingOptions
+    from .events import AudioChunk, Finished, TextDelta
+    from .inference import load_model
+
+    opts = DecodingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                           top_p=a.top_p, seed=a.seed)
+    opts.validate()
+    model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True)
+    if a.stream:
+        result, pcm = None, []
+        for ev in model.stream(a.task, a.audio, a.image, a.text, opts, stride=a.stride, mode=a.stream_mode):
+            if isinstance(ev, TextDelta):
+                print(ev.text, end="", flush=True)
+            elif isinstance(ev, AudioChunk):
+                pcm.append(ev.pcm)
+            elif isinstance(ev, Finished):
+                result = ev.result
+        print()
+        result.audio = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
+    else:
+        result = model.generate(a.task, a.audio, a.image, a.text, opts)
+        print(result.text)
+    s = result.stats
+    print(f"[omni] prompt {s.prompt_length} tokens, {s.steps} steps, {s.steps_per_s:.1f} steps/s, "
+          f"stop: {s.stop_reason}" + (f", first audio {s.time_to_first_audio_s:.2f} s" if s.time_to_first_audio_s
+                                      else ""), file=sys.stderr)
+    if a.tokens_json:
+        speech = a.task in SPEECH_TASKS
+        out = {"task": a.task, "prompt_length": result.prompt_length,
+               "text": result.text_ids if speech else [t for t in result.text_ids[:_end(result, model)]],
+               "audio": result.audio_ids if speech else []}
+        Path(a.tokens_json).write_text(json.dumps(out))
+    if a.out_wav:
+        if a.task not in SPEECH_TASKS:
+            print(f"[omni] task {a.task} answers in text only; no speech written to {a.out_wav}", file=sys.stderr)
+        else:
+            sf.write(a.out_wav, result.audio, 24000, subtype="PCM_16")
+    return 0
+
+
+def _end(result, model) -> int:
+    return model._text_end(result.text_ids, speech=False)
+
+
+def cmd_tiny(a) -> int:
+    from .tiny import make_tiny_checkpoint
+
+    out = make_tiny_checkpoint(a.dir, seed=a.seed, full_size=a.full_size)
+    print(f"wrote a random {'full-size' if a.full_size else 'tiny'} checkpoint to {out} (SNAC in {out}/snac_24khz)")
+    return 0
+
+
+def cmd_download(a) -> int:
+    from .download import download
+
+    download(Path(a.dir))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .bench import run_bench
+
+    run_bench(a)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.formatwarning = lambda msg, cat, *_: f"warning: {msg}\n"
+    try:
+        return {"generate": cmd_generate, "tiny": cmd_tiny, "download": cmd_download, "bench": cmd_bench}[args.command](args)
+    except OmniError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,147 @@
+"""Decoding options, the sampler and the two official decode loops (speech answer, text answer).
+
+A loop yields one *entry* per forward pass: entry 0 comes from the prefill, entry k from decode step k.
+For speech tasks an entry is the 8 ids fed back next (7 local audio ids, then the global text id after the
+eot->pad rule); for text tasks it is the text id alone. This is also the `--tokens-json` contract.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .config import Vocab
+from .errors import OmniInputError
+from .model import OmniLM
+from .tokens import N_AUDIO_LAYERS
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    max_new_tokens: int | None = None  # entries to produce at most; None: as many as block_size allows
+    temperature: float = 0.0  # 0: greedy (the official behaviour: top_k=1)
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise OmniInputError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.temperature < 0:
+            raise OmniInputError(f"temperature must be >= 0 (got {self.temperature})")
+        if self.top_k is not None and self.top_k < 1:
+            raise OmniInputError(f"top_k must be >= 1 (got {self.top_k})")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise OmniInputError(f"top_p must be in (0, 1] (got {self.top_p})")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+class Sampler:
+    """Official order: top-k, divide by temperature, top-p, softmax, multinomial. Greedy is argmax."""
+
+    def __init__(self, opts: DecodingOptions, device):
+        self.opts = opts
+        self.gen = None
+        if not opts.greedy:
+            self.gen = torch.Generator(device=device)
+            if opts.seed is not None:
+                self.gen.manual_seed(opts.seed)
+            else:
+                self.gen.seed()
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [..., V] -> ids [...]"""
+        if self.opts.greedy:
+            return logits.argmax(dim=-1)
+        o = self.opts
+        logits = logits.float()
+        if o.top_k is not None and o.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, o.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits / o.temperature
+        if o.top_p is not None and o.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > o.top_p  # keep the smallest prefix reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=self.gen).view(probs.shape[:-1])
+
+
+@torch.inference_mode()
+def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts: DecodingOptions,
+                   cancel: threading.Event | None = None, info: dict | None = None) -> Iterator[list[int]]:
+    """Speech answer (A1A2/IMAGE_A1A2 with a batch of 2, T1A2 with one row).
+
+    x: prefill embeddings [B, L, D]. Batch of 2: audio from row 0, text from row 1, and that text is fed to
+    both rows; row 1 always gets pad_a on its audio layers. Stops before the step whose layer-6 token is eoa.
+    `info["stop"]` tells why it ended: "eoa", "budget" or "cancelled".
+    """
+    info = info if info is not None else {}
+    B, L, _ = x.shape
+    text_row = B - 1
+    sample = Sampler(opts, x.device)
+    cache = lm.new_cache(B, L + n_entries)
+    h = lm(x, cache, 0)[:, -1]
+    audio = sample(lm.audio_logits(h[0])).tolist()
+    text = int(sample(lm.text_logits(h[text_row])))
+    info["stop"] = "budget"
+    yield audio + [text]  # entry 0: an eot here does not start pad forcing, an eoa here does not stop
+    text_done = False
+    shift = torch.arange(N_AUDIO_LAYERS, device=x.device) * vocab.audio_vocab_size + vocab.text_vocab_size
+    ids = torch.empty(B, 8, dtype=torch.long, device=x.device)
+    if B == 2:
+        ids[1, :7] = shift + vocab.pad_a
+    for step in range(1, n_entries):
+        if cancel is not None and cancel.is_set():
+            info["stop"] = "cancelled"
+            return
+        ids[0, :7] = shift + torch.tensor(audio, device=x.device)
+        ids[:, 7] = text
+        h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
+        audio = sample(lm.audio_logits(h[0])).tolist()
+        text = int(sample(lm.text_logits(h[text_row])))
+        if audio[6] == vocab.eoa:
+            info["stop"] = "eoa"
+            return
+        if text_done:
+            text = vocab.pad_t
+        elif text == vocab.eot:
+            text_done = True  # fed back once, then every text token is forced to pad_t
+        yield audio + [text]
+
+
+@torch.inference_mode()
+def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts: DecodingOptions,
+                 cancel: threading.Event | None = None, info: dict | None = None) -> Iterator[int]:
+    """Text answer (A1T2, ASR, T1T2): one row; the audio layers get pad_a each step; stops at eot (not yielded).
+
+    As the official loops, an eot sampled from the prefill (entry 0) is kept and does not end the answer.
+    """
+    info = info if info is not None else {}
+    B, L, _ = x.shape
+    sample = Sampler(opts, x.device)
+    cache = lm.new_cache(B, L + n_entries)
+    h = lm(x, cache, 0)[:, -1]
+    text = int(sample(lm.text_logits(h[0])))
+    info["stop"] = "budget"
+    yield text
+    ids = torch.tensor([[vocab.layershift(vocab.pad_a, i) for i in range(N_AUDIO_LAYERS)] + [0]], device=x.device)
+    for step in range(1, n_entries):
+        if cancel is not None and cancel.is_set():
+            info["stop"] = "cancelled"
+            return
+        ids[0, 7] = text
+        h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
+        text = int(sample(lm.text_logits(h[0])))
+        if text == vocab.eot:
+            info["stop"] = "eot"
+            return
+        yield text

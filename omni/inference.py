@@ -1,0 +1,278 @@
+"""`load_model` and the `Omni` object: encoders, prompt, decode loop, streaming events for every task."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import audio as audio_io
+from .checkpoint import check_files, default_snac_dir, load_lm, verify_known_file
+from .codec import SpeechDecoder, decode_frames, load_snac
+from .config import ModelConfig, Vocab
+from .decoding import DecodingOptions, speech_entries, text_entries
+from .errors import CheckpointError, OmniInputError
+from .events import AudioChunk, Finished, Result, Stats, TextDelta
+from .tokens import (AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt,
+                     frames_from_delayed, whisper_frames)
+from .vision import load_vision_encoder, open_image, preprocess
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OmniInputError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+    return dev
+
+
+def _progress(enabled: bool):
+    def say(msg: str) -> None:
+        if enabled:
+            print(f"[omni] {msg}", flush=True)
+    return say
+
+
+class TextStreamer:
+    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.sent = tokenizer, [], ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+class Omni:
+    """A loaded Mini-Omni2 model. Not thread-safe: serve one request at a time."""
+
+    def __init__(self, checkpoint_dir: Path, snac_dir: Path | None = None, device: str | None = "auto",
+                 dtype: str = "float32", quantize: str | None = None, progress: bool = False):
+        say = _progress(progress)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.snac_dir = Path(snac_dir) if snac_dir else default_snac_dir(self.checkpoint_dir)
+        check_files(self.checkpoint_dir, self.snac_dir)
+        self.device = resolve_device(device)
+        if dtype not in DTYPES:
+            raise OmniInputError(f"dtype must be one of float32, float16, bfloat16 (got {dtype!r})")
+        self.dtype = DTYPES[dtype]
+        if quantize not in (None, "none", "int8"):
+            raise OmniInputError(f"quantize must be 'int8' or none (got {quantize!r})")
+        self.quantize = None if quantize in (None, "none") else quantize
+        if self.quantize and self.device.type != "cpu":
+            raise OmniInputError("int8 dynamic quantisation runs on the CPU only; drop --quantize or use --device cpu")
+        t0 = time.perf_counter()
+        say(f"device {self.device}, dtype {dtype}{', int8' if self.quantize else ''}")
+        self.cfg = ModelConfig.from_file(self.checkpoint_dir / "model_config.yaml")
+        self.vocab = Vocab.of(self.cfg)
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.checkpoint_dir / "tokenizer.json"))
+        except Exception as e:
+            raise CheckpointError(f"{self.checkpoint_dir / 'tokenizer.json'}: not a tokenizers file ({e})") from None
+        say("loading language model (lit_model.pth) ...")
+        self.lm = load_lm(self.checkpoint_dir, self.cfg)
+        say("loading Whisper encoder (small.pt) ...")
+        verify_known_file(self.checkpoint_dir / "small.pt")
+        self.whisper, self.whisper_dims = audio_io.load_whisper_encoder(self.checkpoint_dir / "small.pt")
+        if self.whisper_dims.n_audio_state != self.cfg.whisper_adapter_dim:
+            raise CheckpointError(f"small.pt has width {self.whisper_dims.n_audio_state} but model_config.yaml says "
+                                  f"whisper_adapter_dim {self.cfg.whisper_adapter_dim}")
+        say("loading CLIP image encoder (ViT-B-32.pt) ...")
+        verify_known_file(self.checkpoint_dir / "ViT-B-32.pt")
+        self.clip = load_vision_encoder(self.checkpoint_dir / "ViT-B-32.pt")
+        if self.clip.dims.output_dim != self.cfg.vision_adapter_dim:
+            raise CheckpointError(f"ViT-B-32.pt projects to {self.clip.dims.output_dim} but model_config.yaml says "
+                                  f"vision_adapter_dim {self.cfg.vision_adapter_dim}")
+        say("loading SNAC codec ...")
+        self.snac = load_snac(self.snac_dir)
+        if self.quantize == "int8":
+            from .quantize import quantize_int8
+
+            say("quantising linear layers to int8 ...")
+            quantize_int8(self)
+        self.lm.to(self.device, self.dtype)
+        self.clip.to(self.device, self.dtype)
+        self.whisper.to(self.device)  # fp32 always (as the official code; whisper's LayerNorm needs fp32 on CPU)
+        self.snac.to(self.device)
+        self.load_s = time.perf_counter() - t0
+        say(f"ready in {self.load_s:.1f} s")
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_audio(self, audio) -> torch.Tensor:
+        """Audio -> Whisper features of the kept frames [T, width] (T = int(ms / 20) + 1, at most 1500)."""
+        samples = audio_io.load_audio(audio)
+        n = min(whisper_frames(len(samples)), self.whisper_dims.n_audio_ctx)
+        mel = audio_io.log_mel(samples).to(self.device)
+        return self.whisper(mel.unsqueeze(0))[0, :n].float()
+
+    @torch.inference_mode()
+    def encode_image(self, image) -> torch.Tensor:
+        pixels = preprocess(open_image(image), self.clip.dims.image_size).to(self.device)
+        return self.clip(pixels)[0].float()
+
+    def encode_text(self, text: str) -> list[int]:
+        if text is None or not str(text).strip():
+            raise OmniInputError("text is empty: type a question")
+        return self.tokenizer.encode(str(text)).ids
+
+    def prepare(self, task: str, audio=None, image=None, text=None) -> tuple[Prompt, torch.Tensor]:
+        """Prompt ids and prefill embeddings for `task` ([B, L, D])."""
+        if task not in TASKS:
+            raise OmniInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        audio_feats = image_feats = None
+        if task in AUDIO_INPUT_TASKS:
+            if audio is None:
+                raise OmniInputError(f"task {task} needs --audio (a recording of the question)")
+            audio_feats = self.encode_audio(audio)
+        if task == "IMAGE_A1A2":
+            if image is None:
+                raise OmniInputError("task IMAGE_A1A2 needs --image")
+            image_feats = self.encode_image(image)
+        text_ids = None
+        if task in TEXT_INPUT_TASKS:
+            text_ids = self.encode_text(text)
+            limit = self.cfg.block_size - 4
+            if len(text_ids) > limit:
+                raise OmniInputError(f"text is too long: {len(text_ids)} tokens, at most {limit} fit the "
+                                     f"{self.cfg.block_size}-token context with room for an answer")
+        prompt = build_prompt(task, self.vocab, n_frames=0 if audio_feats is None else len(audio_feats),
+                              text_ids=text_ids, n_image=self.clip.dims.n_tokens)
+        ids = prompt.ids.to(self.device)
+        with torch.inference_mode():
+            x = self.lm.embed(ids, audio_feats, prompt.audio_slots, image_feats, prompt.image_slots)
+        return prompt, x
+
+    def budget(self, prompt_length: int, opts: DecodingOptions) -> int:
+        room = self.cfg.block_size - prompt_length
+        n = room if opts.max_new_tokens is None else opts.max_new_tokens
+        if n > room or room < 1:
+            raise OmniInputError(f"prompt of {prompt_length} tokens + {n} new tokens exceeds the model's "
+                                 f"{self.cfg.block_size}-token context; use --max-new-tokens <= {max(room, 0)} "
+                                 f"or a shorter input")
+        return n
+
+    # -- generation ------------------------------------------------------------------------------------
+    def stream(self, task: str, audio=None, image=None, text=None, options: DecodingOptions | None = None,
+               stride: int = 4, mode: str = "smooth", cancel: threading.Event | None = None
+               ) -> Iterator[TextDelta | AudioChunk | Finished]:
+        """Yield TextDelta / AudioChunk events as they are generated, then one Finished event.
+
+        mode "smooth" decodes speech with left context and plays the tail; "official" reproduces the official
+        chunking (independent 4-frame chunks, tail dropped). Tokens are the same in both. Setting `cancel`
+        stops within one decode step; the KV cache is freed when the generator ends.
+        """
+        opts = options or DecodingOptions()
+        opts.validate()
+        if mode not in ("smooth", "official"):
+            raise OmniInputError(f"stream mode must be 'smooth' or 'official' (got {mode!r})")
+        if stride < 1:
+            raise OmniInputError(f"stride must be >= 1 (got {stride})")
+        t0 = time.perf_counter()
+        prompt, x = self.prepare(task, audio, image, text)
+        n_entries = self.budget(prompt.length, opts)
+        stats = Stats(task=task, prompt_length=prompt.length)
+        text_out = TextStreamer(self.tokenizer)
+        info: dict = {}
+        speech = task in SPEECH_TASKS
+        audio_rows: list[list[int]] = [[] for _ in range(7)] if speech else []
+        text_ids: list[int] = []
+        pcm: list[np.ndarray] = []
+        decoder = SpeechDecoder(self.snac, self.vocab.n_codes, stride, mode) if speech else None
+        text_open = True
+        t_first = None
+
+        def emit_audio(chunk):
+            nonlocal stats
+            if chunk is not None and len(chunk):
+                pcm.append(chunk)
+                stats.audio_seconds += len(chunk) / 24000
+                if stats.time_to_first_audio_s is None:
+                    stats.time_to_first_audio_s = time.perf_counter() - t0
+                return AudioChunk(chunk)
+            return None
+
+        loop = speech_entries if speech else text_entries
+        entries = loop(self.lm, self.vocab, x, n_entries, opts, cancel, info)
+        try:
+            for k, entry in enumerate(entries):
+                now = time.perf_counter()
+                if k == 0:
+                    stats.prefill_s = now - t0
+                    t_first = now
+                else:
+                    stats.steps = k
+                tok = entry[7] if speech else entry
+                if speech:
+                    for j in range(7):
+                        audio_rows[j].append(entry[j])
+                text_ids.append(tok)
+                if text_open and (tok == self.vocab.eot and (speech or k > 0)):
+                    text_open = False
+                elif text_open and tok < self.vocab.eot:
+                    delta = text_out.add(tok)
+                    if delta:
+                        if stats.time_to_first_text_s is None:
+                            stats.time_to_first_text_s = time.perf_counter() - t0
+                        yield TextDelta(delta)
+                if speech and k >= 7:
+                    ev = emit_audio(decoder.add(frames_from_delayed(audio_rows, n_frames=1, start=k - 7)))
+                    if ev:
+                        yield ev
+            if speech:
+                ev = emit_audio(decoder.flush())
+                if ev:
+                    yield ev
+        finally:
+            entries.close()  # frees the KV cache now, also when the consumer stops early
+            stats.decode_s = (time.perf_counter() - t_first) if t_first else 0.0
+            stats.total_s = time.perf_counter() - t0
+        stats.stop_reason = info.get("stop", "")
+        stats.cancelled = stats.stop_reason == "cancelled"
+        answer_ids = [t for t in text_ids[: self._text_end(text_ids, speech)] if t < self.vocab.eot]
+        result = Result(task=task, prompt_length=prompt.length, text_ids=text_ids, audio_ids=audio_rows,
+                        text=self.tokenizer.decode(answer_ids),
+                        audio=np.concatenate(pcm) if pcm else np.zeros(0, np.int16), stats=stats)
+        yield Finished(result)
+
+    def _text_end(self, text_ids: list[int], speech: bool) -> int:
+        """Index of the first eot that ends the text (entry 0's eot does not in the text paths)."""
+        for i, t in enumerate(text_ids):
+            if t == self.vocab.eot and (speech or i > 0):
+                return i
+        return len(text_ids)
+
+    def generate(self, task: str, audio=None, image=None, text=None, options: DecodingOptions | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        """Run a whole request. Speech is decoded in one SNAC call at the end (the best quality)."""
+        result = None
+        for ev in self.stream(task, audio, image, text, options, stride=10**9, mode="official", cancel=cancel):
+            if isinstance(ev, Finished):
+                result = ev.result
+        assert result is not None
+        if task in SPEECH_TASKS:
+            result.audio = decode_frames(self.snac, frames_from_delayed(result.audio_ids), self.vocab.n_codes)
+            result.stats.audio_seconds = len(result.audio) / 24000
+        return result
+
+
+def load_model(checkpoint: str | Path = "checkpoints", snac_dir: str | Path | None = None, device: str = "auto",
+               dtype: str = "float32", quantize: str | None = None, progress: bool = False) -> Omni:
+    """Load a checkpoint directory in the official layout (SNAC defaults to <checkpoint>/snac_24khz)."""
+    return Omni(Path(checkpoint), Path(snac_dir) if snac_dir else None, device, dtype, quantize, progress)

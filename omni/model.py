@@ -1,0 +1,177 @@
+"""The Mini-Omni2 language model: a Qwen2 body (LitGPT parameter names), input adapters, one sliced head.
+
+Parameter names follow the official `lit_model.pth` so its state dict loads as is. The KV cache keeps the
+n_query_groups key/value heads (not the expanded n_head copies) and is sized to the request, not to block_size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
+
+
+class SwiGLU(nn.Module):
+    """LitGPT's LLaMAMLP (also the whisper/vision adapters): proj(silu(fc_1 x) * fc_2 x)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.fc_1 = nn.Linear(d_in, d_hidden, bias=False)
+        self.fc_2 = nn.Linear(d_in, d_hidden, bias=False)
+        self.proj = nn.Linear(d_hidden, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+
+
+class KVCache:
+    """Static per-layer key/value buffers [batch, n_query_groups, capacity, head_size]."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, capacity: int, device, dtype):
+        shape = (batch, cfg.n_query_groups, capacity, cfg.head_size)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.capacity = capacity
+
+
+def rope_cache(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = cfg.rope_n_elem
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, n, 2, device=device).float() / n))
+    angles = torch.outer(torch.arange(cfg.block_size, device=device).float(), inv_freq).repeat(1, 2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    n = cos.shape[-1]
+    xr, xp = x[..., :n], x[..., n:]
+    half = n // 2
+    rotated = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
+    out = (xr * cos + rotated * sin).to(x.dtype)
+    return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.attn = nn.Linear(cfg.n_embd, cfg.qkv_size, bias=cfg.add_qkv_bias)  # fused, grouped per KV head
+        self.proj = nn.Linear(cfg.n_head * cfg.head_size, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, cache_k, cache_v, start: int) -> torch.Tensor:
+        c = self.cfg
+        B, L, _ = x.shape
+        qkv = self.attn(x).view(B, L, c.n_query_groups, c.q_per_kv + 2, c.head_size)
+        # LitGPT layout: per group, q_per_kv query heads then one key head then one value head
+        q = qkv[:, :, :, : c.q_per_kv].reshape(B, L, c.n_head, c.head_size).transpose(1, 2)
+        k = qkv[:, :, :, c.q_per_kv].transpose(1, 2)
+        v = qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        end = start + L
+        cache_k[:, :, start:end] = k
+        cache_v[:, :, start:end] = v
+        keys, values = cache_k[:, :, :end], cache_v[:, :, :end]
+        if L == 1:
+            # one new position attends to every cached one: fold the query heads of a group into the
+            # "sequence" axis so each group is one matmul against its own K/V, no expansion, no mask
+            y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, c.q_per_kv, c.head_size), keys, values)
+        else:
+            mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.proj(y.reshape(B, c.n_head, L, c.head_size).transpose(1, 2).reshape(B, L, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_1 = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm_2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.n_embd, cfg.intermediate_size, cfg.n_embd)
+
+    def forward(self, x, cos, sin, cache_k, cache_v, start: int):
+        x = x + self.attn(self.norm_1(x), cos, sin, cache_k, cache_v, start)
+        return x + self.mlp(self.norm_2(x))
+
+
+class OmniLM(nn.Module):
+    """Qwen2 body + whisper/vision adapters + one head sliced into text and 7 audio heads."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # registration order as in the official model (matters only for how tied weights load there)
+        self.whisper_adapter = SwiGLU(cfg.whisper_adapter_dim, cfg.intermediate_size, cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.vision_adapter = SwiGLU(cfg.vision_adapter_dim, cfg.intermediate_size, cfg.n_embd)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=RMSNorm(cfg.n_embd, cfg.norm_eps),
+        ))
+        self.lm_head.weight = self.transformer.wte.weight  # tied: wte is the shared matrix (spec 1.5)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
+              audio_slots: tuple[int, int] | None = None, image_features: torch.Tensor | None = None,
+              image_slots: tuple[int, int] | None = None) -> torch.Tensor:
+        """ids [B, 8, L] -> mean of the 8 row embeddings [B, L, D]; adapted features replace the audio rows' slots."""
+        emb = self.transformer.wte(ids)  # [B, 8, L, D]
+        for feats, slots, adapter in ((audio_features, audio_slots, self.whisper_adapter),
+                                      (image_features, image_slots, self.vision_adapter)):
+            if feats is None or slots is None:
+                continue
+            first, count = slots
+            adapted = adapter(feats[:count].to(emb.dtype))  # [count, D], the same for every batch row
+            emb[:, :7, first:first + count] = adapted
+        return emb.sum(dim=1) / ids.shape[1]
+
+    def embed_step(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, 8] (one position) -> [B, 1, D]."""
+        return (self.transformer.wte(ids).sum(dim=1) / ids.shape[1]).unsqueeze(1)
+
+    # -- body ---------------------------------------------------------------------------------------
+    def rope(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rope is None or self._rope[0].device != torch.device(device):
+            self._rope = rope_cache(self.cfg, device)
+        return self._rope
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        p = self.transformer.ln_f.weight
+        return KVCache(self.cfg, batch, min(capacity, self.cfg.block_size), p.device, p.dtype)
+
+    def forward(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        """x [B, L, D] at positions start..start+L-1 -> final-norm hidden states [B, L, D]."""
+        L = x.shape[1]
+        if start + L > cache.capacity:
+            raise ValueError(f"sequence of {start + L} positions exceeds the KV cache ({cache.capacity})")
+        cos, sin = self.rope(x.device)
+        cos, sin = cos[start:start + L].to(x.dtype), sin[start:start + L].to(x.dtype)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cos, sin, cache.k[i], cache.v[i], start)
+        return self.transformer.ln_f(x)
+
+    # -- heads --------------------------------------------------------------------------------------
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., text_vocab_size]: only the text columns of the head are computed."""
+        return F.linear(h, self.lm_head.weight[: self.cfg.text_vocab_size])
+
+    def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., 7, audio_vocab_size]."""
+        out = F.linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
+        return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)

@@ -1,0 +1,115 @@
+"""The 8-row prompt layouts of each task and the mapping between delayed token rows and SNAC codes.
+
+Rows 0..6 are the audio layers (global ids, shifted per layer), row 7 is the text layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import Vocab
+
+TASKS = ("A1A2", "A1T2", "ASR", "T1A2", "T1T2", "IMAGE_A1A2")
+SPEECH_TASKS = ("A1A2", "T1A2", "IMAGE_A1A2")  # answer with speech + text
+AUDIO_INPUT_TASKS = ("A1A2", "A1T2", "ASR", "IMAGE_A1A2")
+TEXT_INPUT_TASKS = ("T1A2", "T1T2")
+BATCH2_TASKS = ("A1A2", "IMAGE_A1A2")  # row 0 speaks, row 1 writes the text (batch-of-2 text guidance)
+N_AUDIO_LAYERS = 7
+TEXT_ROW = 7
+
+
+@dataclass
+class Prompt:
+    task: str
+    ids: torch.Tensor  # [batch, 8, L] global ids
+    audio_slots: tuple[int, int] | None = None  # (first position, count) overwritten by Whisper features
+    image_slots: tuple[int, int] | None = None  # (first position, count) overwritten by CLIP features
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[-1]
+
+
+def whisper_frames(n_samples: int, sample_rate: int = 16000) -> int:
+    """Whisper frames the official code keeps for an utterance: int(duration_ms / 20) + 1."""
+    duration_ms = n_samples / sample_rate * 1000
+    return int(duration_ms / 20) + 1
+
+
+def _rows(v: Vocab, audio: list[int], text: list[int]) -> list[list[int]]:
+    assert len(audio) == len(text)
+    return [[v.layershift(a, i) for a in audio] for i in range(N_AUDIO_LAYERS)] + [list(text)]
+
+
+def audio_layout(v: Vocab, n_frames: int, last_audio: int, last_text: int) -> list[list[int]]:
+    """Layouts 4.1-4.3: input_a, pad_a x T, eoa, <last> on audio; input_t, pad_t x T, eot, <last> on text."""
+    audio = [v.input_a] + [v.pad_a] * n_frames + [v.eoa, last_audio]
+    text = [v.input_t] + [v.pad_t] * n_frames + [v.eot, last_text]
+    return _rows(v, audio, text)
+
+
+def text_layout(v: Vocab, text_ids: list[int], speak: bool) -> list[list[int]]:
+    """Layouts 4.4 (T1A2, ends answer_a) and 4.5 (T1T2, all pad_a)."""
+    n = len(text_ids)
+    audio = [v.pad_a] * (n + 2) + [v.answer_a if speak else v.pad_a]
+    text = [v.input_t] + list(text_ids) + [v.eot, v.answer_t]
+    return _rows(v, audio, text)
+
+
+def image_layout(v: Vocab, n_image: int, n_frames: int, last_audio: int) -> list[list[int]]:
+    """Layout 4.7: image, pad_a x n_image, eoimage, input_a, pad_a x T, eoa, <last>; text is pad_t then answer_t."""
+    audio = [v.image] + [v.pad_a] * n_image + [v.eoimage, v.input_a] + [v.pad_a] * n_frames + [v.eoa, last_audio]
+    text = [v.pad_t] * (len(audio) - 1) + [v.answer_t]
+    return _rows(v, audio, text)
+
+
+def build_prompt(task: str, v: Vocab, *, n_frames: int = 0, text_ids: list[int] | None = None,
+                 n_image: int = 0) -> Prompt:
+    """The official prompt for `task`. n_frames: Whisper frames T; n_image: CLIP tokens (50 for ViT-B/32)."""
+    if task == "A1A2":  # batch of 2: row 0 answers with audio, row 1 with text
+        rows = [audio_layout(v, n_frames, v.answer_a, v.answer_t), audio_layout(v, n_frames, v.pad_a, v.answer_t)]
+        return Prompt(task, torch.tensor(rows), audio_slots=(1, n_frames))
+    if task == "A1T2":
+        return Prompt(task, torch.tensor([audio_layout(v, n_frames, v.pad_a, v.answer_t)]), audio_slots=(1, n_frames))
+    if task == "ASR":
+        return Prompt(task, torch.tensor([audio_layout(v, n_frames, v.pad_a, v.asr)]), audio_slots=(1, n_frames))
+    if task in TEXT_INPUT_TASKS:
+        return Prompt(task, torch.tensor([text_layout(v, text_ids or [], speak=task == "T1A2")]))
+    if task == "IMAGE_A1A2":
+        rows = [image_layout(v, n_image, n_frames, v.answer_a), image_layout(v, n_image, n_frames, v.pad_a)]
+        # The official code writes the Whisper features one slot early: onto input_a and the first T-1 pads.
+        return Prompt(task, torch.tensor(rows), audio_slots=(n_image + 2, n_frames), image_slots=(1, n_image))
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+# SNAC frame order: audio layer j of frame t -> (codebook, index within that codebook)
+# depth first: coarse, mid-a, fine-a, fine-b, mid-b, fine-c, fine-d
+FRAME_ORDER = ((0, 1, 0), (1, 2, 0), (2, 4, 0), (2, 4, 1), (1, 2, 1), (2, 4, 2), (2, 4, 3))  # (codebook, stride, offset)
+
+
+def frames_from_delayed(audio_rows: list[list[int]], n_frames: int | None = None, start: int = 0) -> list[list[int]]:
+    """Undo the delay pattern: frame f, layer j is the token generated at step f + j + 1.
+
+    Returns frames [start, start + n_frames) as lists of 7 local ids. By default all complete frames.
+    """
+    n_complete = min(len(r) - j - 1 for j, r in enumerate(audio_rows))
+    end = n_complete if n_frames is None else min(n_complete, start + n_frames)
+    return [[audio_rows[j][f + j + 1] for j in range(N_AUDIO_LAYERS)] for f in range(start, max(start, end))]
+
+
+def frames_to_codes(frames: list[list[int]]) -> list[torch.Tensor]:
+    """7-token frames -> the three SNAC code tensors [1, F], [1, 2F], [1, 4F]."""
+    n = len(frames)
+    codes = [torch.zeros(1, n * s, dtype=torch.long) for s in (1, 2, 4)]
+    for t, frame in enumerate(frames):
+        for j, (book, stride, offset) in enumerate(FRAME_ORDER):
+            codes[book][0, stride * t + offset] = frame[j]
+    return codes
+
+
+def codes_to_frames(codes: list[torch.Tensor]) -> list[list[int]]:
+    """Inverse of frames_to_codes."""
+    n = codes[0].shape[-1]
+    return [[int(codes[book][0, stride * t + offset]) for (book, stride, offset) in FRAME_ORDER] for t in range(n)]
