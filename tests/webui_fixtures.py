@@ -1,0 +1,223 @@
+"""Helpers for the webui tests: synthetic audio timelines, a real-time transport harness, a scripted model.
+
+The scripted model (`ScriptedModel`) stands in for the real one only in engine-logic tests (turn-taking,
+barge-in timing, queueing); the browser test runs the real model on the tiny checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sys
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, however pytest was started
+
+from omni.events import AudioChunk, Finished, Result, Stats, TextDelta
+from webui.vad import resample
+
+SR = 16000
+OUT = 24000
+
+
+@functools.lru_cache(maxsize=32)
+def _espeak(text: str, rate: int, wpm: int) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "s.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(wpm), "-w", str(p), text], check=True)
+        a, sr = sf.read(p, dtype="float32")
+    return resample(a, sr, rate)
+
+
+def speech(text: str, rate: int = SR, wpm: int = 150, gain: float = 1.0) -> np.ndarray:
+    return _espeak(text, rate, wpm) * gain
+
+
+def silence(s: float, rate: int = SR) -> np.ndarray:
+    return np.zeros(int(s * rate), np.float32)
+
+
+def noise(s: float, level: float = 0.05, rate: int = SR, seed: int = 0) -> np.ndarray:
+    """Pink-ish noise (fan, street)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(int(s * rate)).astype(np.float32)
+    b = np.convolve(w, np.ones(8) / 8, mode="same")
+    return (b / (np.abs(b).max() + 1e-9) * level).astype(np.float32)
+
+
+def music(s: float, level: float = 0.2, rate: int = SR) -> np.ndarray:
+    """Chords with a beat: harmonic, rhythmic, not speech."""
+    t = np.arange(int(s * rate)) / rate
+    out = np.zeros_like(t)
+    chords = [(261.6, 329.6, 392.0), (220.0, 261.6, 329.6), (174.6, 220.0, 261.6), (196.0, 246.9, 293.7)]
+    for i, chord in enumerate(chords * int(s // 2 + 1)):
+        seg = (t >= i * 0.5) & (t < (i + 1) * 0.5)
+        env = np.exp(-3 * (t[seg] - i * 0.5))
+        for f in chord:
+            out[seg] += env * (np.sin(2 * np.pi * f * t[seg]) + 0.3 * np.sin(4 * np.pi * f * t[seg]))
+    kick = (np.sin(2 * np.pi * 60 * t) * np.exp(-20 * (t % 0.5))) * 0.8
+    out = out + kick
+    return (out / np.abs(out).max() * level).astype(np.float32)
+
+
+def timeline(*parts: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts).astype(np.float32)
+
+
+# ------------------------------------------------------------------ scripted model
+
+
+@dataclass
+class Call:
+    task: str
+    audio: object
+    image: object
+    text: object
+    cancel: threading.Event
+
+
+class ScriptedModel:
+    """Speaks `answer` (espeak at 24 kHz) in 0.34 s chunks, `speed` x faster than real time; honours cancel."""
+
+    def __init__(self, answer: str = "The capital of France is Paris, a city famous for its museums, its food, "
+                 "its long history and the tall iron tower that stands beside the river.", speed: float = 2.0,
+                 first_delay: float = 0.3, fail_with: Exception | None = None):
+        self.answer = answer
+        self.speed = speed
+        self.first_delay = first_delay
+        self.fail_with = fail_with
+        self.calls: list[Call] = []
+        self.cancelled = 0
+        self._lock = threading.Lock()
+        self.concurrent = 0
+        self.max_concurrent = 0
+
+    def stream(self, task, audio=None, image=None, text=None, options=None, stride=4, mode="smooth", cancel=None):
+        cancel = cancel or threading.Event()
+        self.calls.append(Call(task, audio, image, text, cancel))
+        with self._lock:
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            yield from self._stream(task, cancel)
+        finally:
+            with self._lock:
+                self.concurrent -= 1
+
+    def _stream(self, task, cancel):
+        t0 = time.monotonic()
+        if self.fail_with is not None:
+            raise self.fail_with
+        words = self.answer.split()
+        speak = task.endswith("A2")
+        pcm = (speech(self.answer, OUT) * 32767 * 0.8).astype(np.int16) if speak else np.zeros(0, np.int16)
+        chunk = int(0.341 * OUT)
+        n_chunks = max(1, -(-len(pcm) // chunk)) if speak else len(words)
+        per_word = max(1, -(-len(words) // n_chunks))
+        stats = Stats(task=task, prompt_length=10)
+        time.sleep(self.first_delay)
+        text = ""
+        for i in range(n_chunks):
+            if cancel.is_set():
+                break
+            delta = " ".join(words[i * per_word : (i + 1) * per_word])
+            if delta:
+                delta = (" " if text else "") + delta
+                text += delta
+                yield TextDelta(delta)
+            if speak:
+                piece = pcm[i * chunk : (i + 1) * chunk]
+                if stats.time_to_first_audio_s is None:
+                    stats.time_to_first_audio_s = time.monotonic() - t0
+                stats.audio_seconds += len(piece) / OUT
+                yield AudioChunk(piece)
+                time.sleep(len(piece) / OUT / self.speed)
+            stats.steps += 4
+        stats.cancelled = cancel.is_set()
+        if stats.cancelled:
+            self.cancelled += 1
+        stats.stop_reason = "cancelled" if stats.cancelled else "eoa"
+        stats.total_s = stats.decode_s = time.monotonic() - t0
+        yield Finished(Result(task, 10, [], [], text, pcm, stats))
+
+
+@dataclass
+class Options:
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+# ------------------------------------------------------------------ real-time transport harness
+
+
+@dataclass
+class Played:
+    t: float  # wall time the frame was handed out
+    rms: float
+
+
+def run_realtime(session, mic: np.ndarray, extra_s: float = 0.0, echo_gain: float = 0.0, frame_s: float = 0.02,
+                 until=None) -> list[Played]:
+    """Feed `mic` (16 kHz) at real-time pace while pulling speech frames, like a WebRTC peer.
+
+    With `echo_gain` the assistant's own output leaks back into the mic (a speakerphone without AEC).
+    Returns the frames handed out with their times. Stops early when `until()` is true.
+    """
+    n_in = int(frame_s * SR)
+    n_out = int(frame_s * OUT)
+    played: list[Played] = []
+    session.attach_transport()
+    echo = np.zeros(0, np.float32)
+    total = len(mic) + int(extra_s * SR)
+    t0 = time.monotonic()
+    k = 0
+    try:
+        while k * n_in < total:
+            target = t0 + k * frame_s
+            now = time.monotonic()
+            if target > now:
+                time.sleep(target - now)
+            chunk = mic[k * n_in : (k + 1) * n_in]
+            if len(chunk) < n_in:
+                chunk = np.concatenate([chunk, np.zeros(n_in - len(chunk), np.float32)])
+            if echo_gain and len(echo):
+                e = echo[:n_in]
+                echo = echo[n_in:]
+                chunk = chunk + np.pad(e, (0, n_in - len(e))) * echo_gain
+            session.feed_audio(SR, (np.clip(chunk, -1, 1) * 32767).astype(np.int16))
+            while True:
+                f = session.next_frame(n_out, timeout=0)
+                if f is None:
+                    break
+                x = f.astype(np.float32) / 32768
+                played.append(Played(time.monotonic(), float(np.sqrt(np.mean(x**2)))))
+                if echo_gain:
+                    echo = np.concatenate([echo, resample(x, OUT, SR)])
+            k += 1
+            if until is not None and until():
+                break
+    finally:
+        session.detach_transport()
+    return played
+
+
+def first_loud_after(played: list[Played], t: float, level: float = 0.01) -> float | None:
+    for p in played:
+        if p.t >= t and p.rms > level:
+            return p.t
+    return None
+
+
+def last_loud(played: list[Played], level: float = 0.01) -> float | None:
+    loud = [p.t for p in played if p.rms > level]
+    return loud[-1] if loud else None

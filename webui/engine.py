@@ -1,0 +1,1028 @@
+"""The conversation engine: turn-taking, barge-in, history, playback accounting and export.
+
+UI-independent: a transport (fastrtc in Gradio, a test harness, Streamlit) pushes microphone audio with
+`Session.feed_audio`, pulls paced speech frames with `Session.next_frame`, and renders
+`Session.snapshot()`. One `Engine` owns the model and a single worker thread, because model calls are
+not thread-safe; every browser gets its own `Session`, and sessions share nothing but the queue.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .interrupt import DEFAULT_PHRASES, CommandCheck, CommandChecker, PhraseMatcher, parse_phrases
+from .vad import SAMPLE_RATE as VAD_RATE
+from .vad import SpeechDropped, SpeechStarted, TurnDetector, TurnEnded, VADConfig, load_silero, resample, to_float32
+
+log = logging.getLogger("webui")
+
+OUT_RATE = 24000  # SNAC output
+POLICIES = ("command", "any", "off")
+TEXT_TASKS = {"speech": "T1A2", "text": "T1T2"}
+MAX_TEXT_CHARS = 2000
+MAX_UPLOAD_AUDIO_S = 60.0
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_TURNS_KEPT = 200  # older turns are dropped from memory (and from the export) to bound a session
+
+
+@dataclass
+class EngineConfig:
+    vad: VADConfig = field(default_factory=VADConfig)
+    policy: str = "command"  # command: only stop phrases interrupt; any: any speech; off: half-duplex
+    phrases: tuple[str, ...] = DEFAULT_PHRASES
+    duck_on_speech: bool = True  # pause playback at speech onset, resume if it was not a command
+    echo_guard_s: float = 0.3  # onsets this soon after the assistant starts playing are ignored (echo)
+    command_pause_s: float = 0.128  # a pause this long after barge-in speech triggers the command check
+    command_max_s: float = 2.5  # barge-in speech longer than this is checked once and then is not a command
+    multi_turn: bool = False  # the official weights are single-turn: history in the prompt is opt-in
+    history_turns: int = 3
+    camera_max_age_s: float = 5.0  # an older webcam frame means the camera is off
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stride: int = 4
+    stream_mode: str = "smooth"
+    playback_lead_s: float = 0.04  # audio handed to the transport ahead of real time
+
+    def validate(self) -> "EngineConfig":
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}")
+        self.vad.validate()
+        if not parse_phrases(self.phrases):
+            raise ValueError("give at least one stop phrase")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError("max_new_tokens must be between 1 and 4096")
+        return self
+
+
+# ---------------------------------------------------------------- the model worker (one at a time)
+
+
+@dataclass
+class Job:
+    task: str
+    inputs: dict
+    on_event: Callable[[Any], None]
+    on_error: Callable[[str], None]
+    on_done: Callable[["Job"], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+
+
+class ModelWorker:
+    """A FIFO in front of the model. Queue position 0 means running."""
+
+    def __init__(self, model, make_options: Callable[[EngineConfig], Any]):
+        self.model = model
+        self.make_options = make_options
+        self._jobs: deque[Job] = deque()
+        self._running: Job | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="model-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Job:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job
+
+    def position(self, job: Job) -> int | None:
+        with self._cond:
+            if job is self._running:
+                return 0
+            for i, j in enumerate(self._jobs):
+                if j is job:
+                    return i + 1
+        return None
+
+    def remove(self, job: Job) -> bool:
+        with self._cond:
+            try:
+                self._jobs.remove(job)
+                return True
+            except ValueError:
+                return False
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job = self._jobs.popleft()
+                self._running = job
+            try:
+                if not job.cancel.is_set():
+                    job.started = time.monotonic()
+                    self._run(job)
+            except Exception as e:  # a model failure ends this turn, never the app
+                job.on_error(_user_message(e))
+                log.error("model failure:\n%s", traceback.format_exc())
+            finally:
+                job.finished = time.monotonic()
+                with self._cond:
+                    self._running = None
+                try:
+                    job.on_done(job)
+                except Exception:
+                    log.error("turn bookkeeping failed:\n%s", traceback.format_exc())
+
+    def _run(self, job: Job) -> None:
+        opts = job.inputs.pop("options")
+        for ev in self.model.stream(job.task, options=opts, cancel=job.cancel, **job.inputs):
+            job.on_event(ev)
+
+
+def _user_message(e: Exception) -> str:
+    try:
+        from omni.errors import OmniError
+
+        if isinstance(e, OmniError):
+            return str(e)
+    except ImportError:
+        pass
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return str(e)
+    return f"The model failed on this turn ({type(e).__name__}: {e}). The conversation can go on."
+
+
+# ---------------------------------------------------------------- history
+
+
+@dataclass
+class Turn:
+    index: int
+    kind: str  # "voice", "text", "upload"
+    task: str
+    user_text: str = ""
+    user_audio: np.ndarray | None = None  # float32 16 kHz
+    image: np.ndarray | None = None  # HxWx3 uint8 (the frame or upload used)
+    image_source: str = ""  # "webcam" or "upload"
+    assistant_text: str = ""
+    assistant_audio: list[np.ndarray] = field(default_factory=list)  # int16 24 kHz chunks
+    text_marks: list[tuple[float, int]] = field(default_factory=list)  # (audio s generated, text length)
+    status: str = "queued"  # queued, running, speaking, done, interrupted, error, cancelled
+    error: str = ""
+    user_transcript: str = ""
+    interrupted_by: str = ""
+    played_s: float = 0.0
+    full_text: str = ""  # what the model produced before any truncation
+    timings: dict = field(default_factory=dict)
+    started_wall: float = field(default_factory=time.time)
+    files: dict = field(default_factory=dict)  # name -> path inside the session folder
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.assistant_audio) if self.assistant_audio else np.zeros(0, np.int16)
+
+    def generated_s(self) -> float:
+        return sum(len(a) for a in self.assistant_audio) / OUT_RATE
+
+
+# ---------------------------------------------------------------- engine and sessions
+
+
+class Engine:
+    """Owns the model, the worker queue and the ASR used for the stop-command check."""
+
+    def __init__(self, model, config: EngineConfig | None = None, transcriber=None, recordings_dir: str | None = None,
+                 options_cls=None):
+        self.config = (config or EngineConfig()).validate()
+        self.model = model
+        self.options_cls = options_cls
+        self.worker = ModelWorker(model, self._options)
+        self.checker = CommandChecker(transcriber, self.config.phrases) if transcriber is not None else None
+        # one ASR thread: the command check must not wait behind a user-transcript job, so two queues
+        self.asr_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
+        self.side_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-bg")
+        if self.checker is not None:  # the first ASR call is slow (allocations); pay it now, not at barge-in
+            self.asr_pool.submit(self.checker.transcribe, np.zeros(VAD_RATE, np.float32))
+        root = Path(recordings_dir) if recordings_dir else Path(tempfile.gettempdir()) / "mini-omni2-webui"
+        self.recordings_dir = root.resolve()
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def _options(self, cfg: EngineConfig):
+        cls = self.options_cls
+        if cls is None:
+            import omni
+
+            cls = omni.DecodingOptions
+        return cls(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
+        )
+
+    def new_session(self, config: EngineConfig | None = None) -> "Session":
+        s = Session(self, replace(config or self.config, vad=replace((config or self.config).vad)))
+        with self._lock:
+            self._sessions[s.id] = s
+        return s
+
+    def get(self, session_id: str | None) -> "Session | None":
+        with self._lock:
+            return self._sessions.get(session_id or "")
+
+    def close_session(self, session_id: str) -> None:
+        with self._lock:
+            s = self._sessions.pop(session_id, None)
+        if s is not None:
+            s.close()
+
+    @property
+    def sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def close(self) -> None:
+        for sid in list(self._sessions):
+            self.close_session(sid)
+        self.worker.close()
+        self.asr_pool.shutdown(wait=False, cancel_futures=True)
+        self.side_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Session:
+    """One conversation. Thread-safe: the transport, the UI and the worker all call in."""
+
+    def __init__(self, engine: Engine, config: EngineConfig):
+        self.engine = engine
+        self.config = config
+        self.id = uuid.uuid4().hex
+        self.dir = engine.recordings_dir / self.id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self.history: list[Turn] = []
+        self.version = 0  # bumped on every visible change; UIs re-render when it moves
+        self.notice = ""  # last message for the user (errors, interruptions)
+        self._detector: TurnDetector | None = None
+        self._turn_counter = 0
+        # live assistant turn
+        self._current: Turn | None = None
+        self._job: Job | None = None
+        self._playback: deque[np.ndarray] = deque()
+        self._play_t0 = 0.0
+        self._sent = 0  # samples handed to the transport for the current turn
+        self._ducked = False
+        self._speaking_since: float | None = None
+        self._flush_hooks: list[Callable[[], None]] = []
+        self._transports = 0  # live audio outputs; without one, speech is kept for replay only
+        self._silence_at: float | None = None
+        # barge-in
+        self._barge: dict | None = None  # state of the barge-in utterance being heard
+        self._camera: tuple[float, np.ndarray] | None = None
+        self.interrupts = 0
+        self.events: deque[dict] = deque(maxlen=500)  # timeline for tests and the latency panel
+        self.closed = False
+
+    # ------------------------------------------------------------ settings
+
+    def update_config(self, **kw) -> None:
+        with self._lock:
+            vad_kw = {k: kw.pop(k) for k in list(kw) if hasattr(self.config.vad, k)}
+            cfg = replace(self.config, **kw)
+            cfg.vad = replace(self.config.vad, **vad_kw)
+            cfg.validate()
+            if vad_kw and self._detector is not None:
+                self._detector = TurnDetector(cfg.vad, self._detector.model)
+            self.config = cfg
+            self._matcher = None
+            self._bump()
+
+    @property
+    def matcher(self) -> PhraseMatcher:
+        m = getattr(self, "_matcher", None)
+        if m is None:
+            m = self._matcher = PhraseMatcher(self.config.phrases)
+        return m
+
+    # ------------------------------------------------------------ inputs
+
+    def set_camera_frame(self, frame: np.ndarray | None) -> None:
+        """Latest webcam frame (HxWx3 uint8); None means the camera was turned off."""
+        with self._lock:
+            if frame is None:
+                self._camera = None
+            else:
+                self._camera = (time.monotonic(), np.ascontiguousarray(frame[..., :3]).astype(np.uint8, copy=False))
+
+    def camera_frame(self) -> np.ndarray | None:
+        with self._lock:
+            if self._camera and time.monotonic() - self._camera[0] <= self.config.camera_max_age_s:
+                return self._camera[1]
+        return None
+
+    def feed_audio(self, sample_rate: int, pcm: np.ndarray) -> None:
+        """Microphone audio from the transport, in any chunk size."""
+        if self.closed:
+            return
+        with self._lock:
+            if self._detector is None:
+                self._detector = TurnDetector(self.config.vad, load_silero())
+            active = self._assistant_active()
+            if active and self.config.policy == "off":
+                return  # half-duplex: the mic is ignored while the assistant speaks
+            det = self._detector
+            events = det.push(sample_rate, pcm)
+            now = time.monotonic()
+            for ev in events:
+                t_wall = now - (det.time - (ev.t if isinstance(ev, SpeechStarted) else ev.t_end))
+                self._on_vad(ev, t_wall)
+            if self._barge is not None and det.in_speech:
+                self._barge_progress(det, now)
+
+    def send_text(self, text: str, speak: bool = True, image=None) -> Turn:
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("Type a message first.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"The message is too long ({len(text)} characters; the limit is {MAX_TEXT_CHARS}).")
+        task = TEXT_TASKS["speech" if speak else "text"]
+        img = load_image(image) if image is not None else None
+        return self._start_turn("text", task, text=text, image=img, image_source="upload" if img is not None else "")
+
+    def send_upload(self, audio=None, image=None, text: str = "", speak: bool = True) -> Turn:
+        """An uploaded audio file (and/or image): answered like a voice turn."""
+        img = load_image(image) if image is not None else None
+        if audio is None:
+            if img is not None and text.strip():
+                return self.send_text(text, speak, image=img)
+            raise ValueError("Upload an audio file (with an optional image), or type a message.")
+        a = load_audio(audio)
+        task = "IMAGE_A1A2" if img is not None else "A1A2"
+        if not speak:
+            task = "A1T2" if img is None else "IMAGE_A1A2"
+        return self._start_turn("upload", task, audio=a, image=img, image_source="upload" if img is not None else "")
+
+    # ------------------------------------------------------------ playback (pulled by the transport)
+
+    def attach_transport(self, flush: Callable[[], None] | None = None) -> None:
+        """A live audio output starts pulling `next_frame`; `flush` drops what it has queued."""
+        with self._lock:
+            self._transports += 1
+            if flush is not None:
+                self._flush_hooks.append(flush)
+
+    def detach_transport(self, flush: Callable[[], None] | None = None) -> None:
+        with self._lock:
+            self._transports = max(0, self._transports - 1)
+            if flush is not None and flush in self._flush_hooks:
+                self._flush_hooks.remove(flush)
+            if self._transports == 0:
+                self._playback.clear()
+                if self._current is not None and self._job is None and self._current.status == "speaking":
+                    self._finish_turn(self._current)
+
+    @property
+    def live_audio(self) -> bool:
+        return self._transports > 0
+
+    def add_flush_hook(self, fn: Callable[[], None]) -> None:
+        """Called on interrupt to drop audio the transport has queued (e.g. fastrtc's clear_queue)."""
+        with self._lock:
+            self._flush_hooks.append(fn)
+
+    def remove_flush_hook(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if fn in self._flush_hooks:
+                self._flush_hooks.remove(fn)
+
+    def next_frame(self, samples: int = 480, timeout: float = 0.02) -> np.ndarray | None:
+        """The next `samples` of speech (int16, 24 kHz) once it is due, or None (silence) after `timeout`.
+
+        Frames are released at real-time pace with a small lead, so "handed out" is "played" to within
+        `playback_lead_s`; that is what lets an interruption truncate the answer to what was heard.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._playback and not self._ducked:
+                    if self._speaking_since is None or now - (self._play_t0 + self._sent / OUT_RATE) > 0.25:
+                        # start or underrun (model slower than real time): re-anchor the play clock
+                        self._play_t0 = now - self._sent / OUT_RATE
+                        if self._speaking_since is None:
+                            self._speaking_since = now
+                    due = self._play_t0 + self._sent / OUT_RATE - self.config.playback_lead_s
+                    if now >= due:
+                        return self._take(samples)
+                    wait = min(due, deadline) - now
+                else:
+                    self._maybe_finish_playback()
+                    wait = deadline - now
+                if wait <= 0:
+                    return None
+                self._cond.wait(wait)
+
+    def _take(self, samples: int) -> np.ndarray:
+        out = np.zeros(samples, np.int16)
+        n = 0
+        while n < samples and self._playback:
+            chunk = self._playback[0]
+            k = min(samples - n, len(chunk))
+            out[n : n + k] = chunk[:k]
+            if k == len(chunk):
+                self._playback.popleft()
+            else:
+                self._playback[0] = chunk[k:]
+            n += k
+        self._sent += n
+        return out
+
+    def _maybe_finish_playback(self) -> None:
+        t = self._current
+        if t is not None and not self._playback and self._job is None and not self._ducked:
+            # everything generated has been handed out; the turn ends when it has been heard
+            if time.monotonic() >= self._play_t0 + self._sent / OUT_RATE or self._sent == 0:
+                self._finish_turn(t)
+
+    # ------------------------------------------------------------ state for UIs
+
+    def _assistant_active(self) -> bool:
+        return self._current is not None and self._current.status in ("queued", "running", "speaking")
+
+    @property
+    def assistant_active(self) -> bool:
+        with self._lock:
+            return self._assistant_active()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no turn is queued, generating or playing (for tests and non-streaming UIs)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._assistant_active():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def queue_position(self) -> int | None:
+        job = self._job
+        return self.engine.worker.position(job) if job is not None else None
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "version": self.version,
+                "turns": list(self.history),
+                "active": self._assistant_active(),
+                "listening": bool(self._detector and self._detector.in_speech),
+                "ducked": self._ducked,
+                "queue_position": self.queue_position(),
+                "notice": self.notice,
+                "camera_on": self.camera_frame() is not None,
+            }
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._cond.notify_all()
+
+    def _event(self, kind: str, **kw) -> None:
+        self.events.append({"t": time.monotonic(), "ev": kind, **kw})
+
+    # ------------------------------------------------------------ turn-taking and barge-in
+
+    def _on_vad(self, ev, t_wall: float) -> None:
+        cfg = self.config
+        if isinstance(ev, SpeechStarted):
+            self._event("speech_started", at=t_wall)
+            if not self._assistant_active():
+                return
+            if self._speaking_since is not None and t_wall < self._speaking_since + cfg.echo_guard_s:
+                self._event("onset_ignored_guard")
+                self._barge = {"ignored": True, "onset": t_wall}
+                return
+            self._barge = {"onset": t_wall, "checked_len": 0, "checks": 0, "pending": None, "in_flight": False}
+            if cfg.policy == "any":
+                self._interrupt("speech", t_wall, None)
+            elif cfg.duck_on_speech and self._current is not None:
+                self._duck(t_wall)
+            return
+        if isinstance(ev, (TurnEnded, SpeechDropped)):
+            barge = self._barge
+            self._barge = None
+            if barge is not None and not barge.get("ignored") and self._assistant_active() and isinstance(ev, TurnEnded):
+                if cfg.policy == "command":
+                    if barge.get("max_checked"):
+                        if self._ducked and not barge.get("in_flight"):
+                            self._unduck("long speech is not a command")
+                    elif barge.get("checked_end", -1) >= ev.t_end - 1e-6:
+                        if self._ducked and not barge.get("in_flight"):
+                            self._unduck("not a command")
+                    else:
+                        self._launch_check(ev.audio, ev.t_end, barge, final=True, end_wall=t_wall)
+                return
+            if barge is not None and self._assistant_active():
+                if isinstance(ev, SpeechDropped) and self._ducked and not barge.get("in_flight"):
+                    self._unduck("too short")
+                return  # speech heard while the assistant was talking is never a new turn
+            if barge is not None and barge.get("ignored"):
+                return
+            if barge is not None and barge.get("command"):
+                return  # the stop command itself
+            if isinstance(ev, TurnEnded):
+                self._event("turn_detected", start=ev.t_start, end=ev.t_end, speech_s=ev.speech_s)
+                frame = self.camera_frame()
+                task = "IMAGE_A1A2" if frame is not None else "A1A2"
+                turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
+                                        image_source="webcam" if frame is not None else "")
+                turn.timings["speech_end_wall"] = t_wall
+            else:
+                self._event("speech_dropped", speech_s=ev.speech_s)
+
+    def _barge_progress(self, det: TurnDetector, now: float) -> None:
+        b = self._barge
+        if b is None or b.get("ignored") or self.config.policy != "command" or not self._assistant_active():
+            return
+        length = det.time - det.speech_start
+        paused = det.trailing_silence_s >= self.config.command_pause_s
+        if paused and det.last_speech_end > b.get("checked_end", -1):
+            b["checked_end"] = det.last_speech_end
+            audio = det.current_audio()
+            keep = len(audio) - int(det.trailing_silence_s * VAD_RATE)
+            self._launch_check(audio[: max(keep, 0)], det.last_speech_end, b, final=False,
+                               end_wall=now - det.trailing_silence_s)
+        elif length >= self.config.command_max_s and not b.get("max_checked"):
+            b["max_checked"] = True
+            self._launch_check(det.current_audio(), det.time, b, final=False, end_wall=now)
+
+    def _launch_check(self, audio16k: np.ndarray, t_end: float, barge: dict, final: bool, end_wall: float | None = None) -> None:
+        checker = self.engine.checker
+        if checker is None:
+            if self._ducked:
+                self._unduck("no ASR configured")
+            return
+        turn = self._current
+        if barge.get("in_flight"):
+            barge["pending"] = (audio16k, t_end, final, end_wall)
+            return
+        barge["in_flight"] = True
+        said = turn.assistant_text if turn else ""
+        matcher = self.matcher
+        end_wall = end_wall if end_wall is not None else time.monotonic()
+        self._event("command_check_started", final=final, audio_s=len(audio16k) / VAD_RATE)
+
+        def run():
+            try:
+                res = checker.check(audio16k, said, matcher)
+            except Exception as e:
+                log.error("command check failed: %s", e)
+                res = CommandCheck(False, "", None, 0.0, f"error: {e}")
+            self._on_check(res, turn, barge, end_wall, final)
+
+        self.engine.asr_pool.submit(run)
+
+    def _on_check(self, res: CommandCheck, turn: Turn | None, barge: dict, end_wall: float, final: bool) -> None:
+        with self._lock:
+            barge["in_flight"] = False
+            barge["checks"] = barge.get("checks", 0) + 1
+            self._event("command_check", is_command=res.is_command, transcript=res.transcript,
+                        reason=res.reason, seconds=res.seconds)
+            if turn is not self._current or not self._assistant_active():
+                return
+            if res.is_command:
+                barge["command"] = True
+                self._interrupt(f"command: {res.transcript}", barge["onset"], res, end_wall)
+                return
+            pending = barge.get("pending")
+            barge["pending"] = None
+            if pending is not None:
+                a, t_end, fin, ew = pending
+                self._launch_check(a, t_end, barge, fin, ew)
+                return
+            still_speaking = self._barge is barge
+            if self._ducked and (final or not still_speaking or barge.get("max_checked") or res.reason == "echo"):
+                self._unduck(res.reason)
+
+    def _duck(self, onset_wall: float) -> None:
+        self._ducked = True
+        now = time.monotonic()
+        self._silence_at = self._silence_after_flush(now)
+        if self._current is not None:
+            self._current.timings.setdefault("ducks", 0)
+            self._current.timings["ducks"] += 1
+            self._current.timings["duck_onset_to_silence_s"] = round(self._silence_at - onset_wall, 3)
+        self._event("ducked", onset=onset_wall, silence_at=self._silence_at)
+        self._bump()
+
+    def _unduck(self, why: str) -> None:
+        self._ducked = False
+        # resume where playback stopped: the play clock restarts from now
+        self._play_t0 = time.monotonic() - self._sent / OUT_RATE
+        self._event("resumed", why=why)
+        self._bump()
+
+    def _silence_after_flush(self, now: float) -> float:
+        """When the output goes quiet if nothing more is handed out from `now` on."""
+        for fn in list(self._flush_hooks):
+            try:
+                fn()
+            except Exception:
+                log.debug("flush hook failed", exc_info=True)
+        if self._speaking_since is None:
+            return now
+        return max(now, self._play_t0 + self._sent / OUT_RATE)
+
+    def interrupt(self, reason: str = "button") -> bool:
+        """Stop the current answer now (the UI's stop button)."""
+        with self._lock:
+            if not self._assistant_active():
+                return False
+            self._interrupt(reason, time.monotonic(), None)
+            return True
+
+    def _interrupt(self, reason: str, onset_wall: float, check: CommandCheck | None, end_wall: float | None = None) -> None:
+        turn = self._current
+        if turn is None or not self._assistant_active():
+            return
+        now = time.monotonic()
+        if self._job is not None:
+            self._job.cancel.set()
+            self.engine.worker.remove(self._job)
+        was_ducked = self._ducked
+        silence_at = self._silence_at if was_ducked and self._silence_at else self._silence_after_flush(now)
+        lead = max(0.0, self._play_t0 + self._sent / OUT_RATE - now) if self._speaking_since is not None else 0.0
+        played = max(0.0, self._sent / OUT_RATE - (0.0 if was_ducked else lead))
+        self._playback.clear()
+        self._ducked = False
+        self.interrupts += 1
+        turn.status = "interrupted"
+        turn.interrupted_by = reason
+        turn.played_s = played
+        turn.full_text = turn.assistant_text
+        turn.assistant_text = truncate_text(turn, played)
+        t = turn.timings
+        t["interrupt_reason"] = reason
+        t["onset_to_silence_s"] = round(silence_at - onset_wall, 3)
+        t["decision_to_silence_s"] = round(max(0.0, silence_at - now), 3)
+        if check is not None:
+            t["command_check_s"] = round(check.seconds, 3)
+            t["command_transcript"] = check.transcript
+        if end_wall is not None:
+            # end of the spoken command -> output quiet (or already quiet when ducked)
+            t["command_end_to_decision_s"] = round(now - end_wall, 3)
+        self._event("interrupted", reason=reason, onset=onset_wall, silence_at=silence_at, played_s=played)
+        self.notice = f"Interrupted ({reason})."
+        self._job = None  # the cancelled job winds down within one decode step; its events are ignored
+        self._finish_turn(turn, keep_status=True)
+
+    # ------------------------------------------------------------ running a turn
+
+    def _start_turn(self, kind: str, task: str, audio=None, image=None, text: str = "", image_source: str = "") -> Turn:
+        with self._lock:
+            if self._assistant_active():
+                # a new request replaces the answer in progress (typed text or upload while it speaks)
+                self._interrupt("new message", time.monotonic(), None)
+            self._turn_counter += 1
+            turn = Turn(self._turn_counter, kind, task, user_text=text)
+            if audio is not None:
+                sr, a = audio
+                turn.user_audio = resample(to_float32(a).reshape(-1), sr, VAD_RATE)
+            turn.image = image
+            turn.image_source = image_source
+            self.history.append(turn)
+            del self.history[:-MAX_TURNS_KEPT]
+            self._current = turn
+            self._playback.clear()
+            self._sent = 0
+            self._speaking_since = None
+            self._ducked = False
+            self._barge = None
+            inputs: dict = {"options": self.engine._options(self.config)}
+            if turn.user_audio is not None:
+                inputs["audio"] = (VAD_RATE, turn.user_audio)
+            if image is not None:
+                inputs["image"] = image
+            if text:
+                inputs["text"] = self._context(text) if self.config.multi_turn else text
+            inputs["stride"] = self.config.stride
+            inputs["mode"] = self.config.stream_mode
+            submitted = time.monotonic()
+            turn.timings["submitted"] = submitted
+            job = Job(task, inputs, lambda ev: self._on_model_event(turn, ev),
+                      lambda msg: self._on_model_error(turn, msg), lambda j: self._on_job_done(turn, j))
+            self._job = job
+            self.engine.worker.submit(job)
+            self._event("turn_submitted", index=turn.index, task=task)
+            self._save_inputs(turn)
+            self._bump()
+            return turn
+
+    def _context(self, text: str) -> str:
+        """Opt-in multi-turn: previous exchanges as plain text ahead of the new message."""
+        lines = []
+        for t in self.history[:-1][-self.config.history_turns :]:
+            user = t.user_text or t.user_transcript
+            if user and t.assistant_text:
+                lines.append(f"User: {user}\nAssistant: {t.assistant_text}")
+        if not lines:
+            return text
+        return "\n".join(lines) + f"\nUser: {text}"
+
+    def _on_model_event(self, turn: Turn, ev) -> None:
+        from omni.events import AudioChunk, Finished, TextDelta
+
+        with self._lock:
+            if isinstance(ev, Finished) and ev.stats is not None and turn.status == "interrupted":
+                turn.timings["model"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.stats.as_dict().items()}
+                turn.timings["steps_per_s"] = turn.timings["model"].get("steps_per_s")
+            if turn is not self._current or turn.status == "interrupted":
+                return
+            if turn.status == "queued":
+                turn.status = "running"
+                turn.timings["queue_wait_s"] = round(time.monotonic() - turn.timings["submitted"], 3)
+            if isinstance(ev, TextDelta):
+                turn.assistant_text += ev.text
+                turn.text_marks.append((turn.generated_s(), len(turn.assistant_text)))
+                if "first_text_s" not in turn.timings:
+                    turn.timings["first_text_s"] = round(time.monotonic() - turn.timings["submitted"], 3)
+            elif isinstance(ev, AudioChunk):
+                pcm = np.asarray(ev.pcm)
+                if pcm.dtype != np.int16:
+                    pcm = (np.clip(to_float32(pcm), -1, 1) * 32767).astype(np.int16)
+                if ev.sample_rate != OUT_RATE:
+                    pcm = (resample(pcm.astype(np.float32) / 32768, ev.sample_rate, OUT_RATE) * 32767).astype(np.int16)
+                turn.assistant_audio.append(pcm)
+                if self._transports:
+                    self._playback.append(pcm)
+                turn.status = "speaking"
+                if "first_audio_s" not in turn.timings:
+                    now = time.monotonic()
+                    turn.timings["first_audio_s"] = round(now - turn.timings["submitted"], 3)
+                    if "speech_end_wall" in turn.timings:
+                        turn.timings["speech_end_to_first_audio_s"] = round(now - turn.timings["speech_end_wall"], 3)
+            elif isinstance(ev, Finished):
+                st = ev.stats
+                if st is not None:
+                    turn.timings["model"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.as_dict().items()}
+                    if not turn.assistant_text and ev.result.text:
+                        turn.assistant_text = ev.result.text
+            self._bump()
+
+    def _on_model_error(self, turn: Turn, msg: str) -> None:
+        with self._lock:
+            turn.status = "error"
+            turn.error = msg
+            self.notice = msg
+            self._bump()
+
+    def _on_job_done(self, turn: Turn, job: Job) -> None:
+        with self._lock:
+            if self._job is job:
+                self._job = None
+            if turn is self._current:
+                if turn.status == "error":
+                    self._finish_turn(turn, keep_status=True)
+                elif turn.status in ("queued", "running") or not self._transports:
+                    self._finish_turn(turn)  # text-only answer, or nobody is listening live
+                # otherwise the turn ends when its audio has been played (next_frame)
+            self._bump()
+
+    def _finish_turn(self, turn: Turn, keep_status: bool = False) -> None:
+        if not keep_status:
+            turn.status = "done" if turn.status != "error" else "error"
+            turn.played_s = turn.generated_s()
+        if self._current is turn:
+            self._current = None
+            self._playback.clear()
+            self._speaking_since = None
+            self._ducked = False
+            self._barge = None
+        if self.config.policy == "off" and self._detector is not None:
+            self._detector.reset()  # half-duplex: what was said over the answer is dropped
+        m = turn.timings.get("model") or {}
+        turn.timings.setdefault("steps_per_s", m.get("steps_per_s"))
+        turn.timings.setdefault("real_time_factor", m.get("real_time_factor"))
+        self._event("turn_finished", index=turn.index, status=turn.status)
+        self._save_outputs(turn)
+        if turn.user_audio is not None and self.engine.checker is not None and not turn.user_transcript:
+            self.engine.side_pool.submit(self._transcribe_user, turn)
+        self._bump()
+
+    def _transcribe_user(self, turn: Turn) -> None:
+        try:
+            text = self.engine.checker.transcribe(turn.user_audio)
+        except Exception:
+            return
+        with self._lock:
+            turn.user_transcript = text
+            self._bump()
+
+    # ------------------------------------------------------------ files and export
+
+    def _save_inputs(self, turn: Turn) -> None:
+        import soundfile as sf
+
+        if turn.user_audio is not None:
+            p = self.dir / f"turn_{turn.index:03d}_user.wav"
+            sf.write(p, turn.user_audio, VAD_RATE, subtype="PCM_16")
+            turn.files["user_audio"] = str(p)
+        if turn.image is not None:
+            from PIL import Image
+
+            p = self.dir / f"turn_{turn.index:03d}_image.jpg"
+            Image.fromarray(turn.image).save(p, quality=90)
+            turn.files["image"] = str(p)
+
+    def _save_outputs(self, turn: Turn) -> None:
+        import soundfile as sf
+
+        audio = turn.audio()
+        if len(audio):
+            if turn.status == "interrupted":
+                audio = audio[: int(turn.played_s * OUT_RATE)]  # keep what was actually heard
+            p = self.dir / f"turn_{turn.index:03d}_assistant.wav"
+            sf.write(p, audio, OUT_RATE, subtype="PCM_16")
+            turn.files["assistant_audio"] = str(p)
+
+    def transcript(self) -> dict:
+        with self._lock:
+            turns = []
+            for t in self.history:
+                turns.append({
+                    "index": t.index, "kind": t.kind, "task": t.task, "status": t.status,
+                    "user_text": t.user_text, "user_transcript": t.user_transcript,
+                    "image_source": t.image_source,
+                    "assistant_text": t.assistant_text,
+                    "assistant_text_generated": t.full_text or t.assistant_text,
+                    "interrupted_by": t.interrupted_by, "played_s": round(t.played_s, 3),
+                    "error": t.error,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t.started_wall)),
+                    "timings": {k: v for k, v in t.timings.items() if k not in ("submitted", "speech_end_wall")},
+                    "files": {k: Path(v).name for k, v in t.files.items()},
+                })
+            return {"format": "mini-omni2-webui/1", "session": self.id, "policy": self.config.policy,
+                    "multi_turn": self.config.multi_turn, "turns": turns}
+
+    def export_zip(self) -> Path:
+        """transcript.json + transcript.md + every audio/image file, zipped inside the session folder."""
+        data = self.transcript()
+        md = [f"# Conversation {time.strftime('%Y-%m-%d %H:%M')}", ""]
+        for t in data["turns"]:
+            user = t["user_text"] or (f"(voice) {t['user_transcript']}" if t["user_transcript"] else "(voice)")
+            md.append(f"**You** (turn {t['index']}, {t['task']}): {user}")
+            if t["image_source"]:
+                md.append(f"  image from {t['image_source']}: {t['files'].get('image', '')}")
+            note = f" [interrupted after {t['played_s']:.1f} s: {t['interrupted_by']}]" if t["status"] == "interrupted" else ""
+            if t["error"]:
+                note += f" [error: {t['error']}]"
+            md.append(f"**Omni**: {t['assistant_text']}{note}")
+            md.append("")
+        out = self.dir / f"conversation-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("transcript.json", json.dumps(data, indent=2, ensure_ascii=False))
+            z.writestr("transcript.md", "\n".join(md))
+            with self._lock:
+                paths = [Path(p) for t in self.history for p in t.files.values()]
+            for p in paths:
+                if p.exists() and p.resolve().parent == self.dir.resolve():
+                    z.write(p, arcname=p.name)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._assistant_active():
+                self._interrupt("cleared", time.monotonic(), None)
+            self.history.clear()
+            self.notice = ""
+            self._bump()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            if self._job is not None:
+                self._job.cancel.set()
+                self.engine.worker.remove(self._job)
+            self._current = None
+            self._playback.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def truncate_text(turn: Turn, played_s: float) -> str:
+    """The part of the answer text that belongs to the audio actually played.
+
+    Text runs ahead of speech in Mini-Omni's parallel decoding; each text delta is stamped with how much
+    audio existed when it arrived, and the text whose stamp is within what was played is kept.
+    """
+    if not turn.text_marks:
+        return turn.assistant_text
+    keep = 0
+    for audio_s, length in turn.text_marks:
+        if audio_s <= played_s + 1e-6:
+            keep = length
+    if keep == 0 and played_s > 0:
+        keep = turn.text_marks[0][1]
+    return turn.assistant_text[:keep].rstrip() + ("…" if keep < len(turn.assistant_text) else "")
+
+
+# ---------------------------------------------------------------- input validation
+
+
+def load_audio(audio) -> tuple[int, np.ndarray]:
+    """(sr, array) or a file path -> (sr, float32 mono); clear errors for bad uploads."""
+    if isinstance(audio, (str, Path)):
+        import soundfile as sf
+
+        p = Path(audio)
+        if not p.is_file():
+            raise ValueError("The audio file could not be found.")
+        try:
+            info = sf.info(str(p))
+            if info.duration > MAX_UPLOAD_AUDIO_S:
+                raise ValueError(f"The audio is {info.duration:.0f} s long; the limit is {MAX_UPLOAD_AUDIO_S:.0f} s.")
+            a, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        except ValueError:
+            raise
+        except Exception:
+            try:
+                import librosa
+
+                a, sr = librosa.load(str(p), sr=16000, mono=True, duration=MAX_UPLOAD_AUDIO_S + 1)
+                a = a[:, None]
+            except Exception:
+                raise ValueError("That file is not audio I can read (try WAV, FLAC, OGG or MP3).") from None
+        a = a.mean(axis=1)
+    else:
+        try:
+            sr, a = audio
+        except (TypeError, ValueError):
+            raise ValueError("Audio must be a file or a (sample_rate, samples) pair.") from None
+        a = to_float32(np.asarray(a))
+        if a.ndim > 1:
+            a = a.reshape(-1)
+    sr = int(sr)
+    if not 4000 <= sr <= 192000:
+        raise ValueError(f"Unsupported sample rate {sr} Hz.")
+    if len(a) / sr > MAX_UPLOAD_AUDIO_S:
+        raise ValueError(f"The audio is {len(a) / sr:.0f} s long; the limit is {MAX_UPLOAD_AUDIO_S:.0f} s.")
+    if len(a) < sr * 0.1 or not np.isfinite(a).all() or float(np.abs(a).max(initial=0)) < 1e-4:
+        raise ValueError("The audio is empty or silent.")
+    return sr, a.astype(np.float32)
+
+
+def load_image(image) -> np.ndarray:
+    """Path, PIL image or array -> HxWx3 uint8; clear errors for bad uploads."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise ValueError("The image is too large (over 16 megapixels).")
+                return np.asarray(im.convert("RGB"))
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        a = np.asarray(image)
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("That file is not an image I can read (try PNG or JPEG).") from None
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.shape[0] < 8 or a.shape[1] < 8:
+        raise ValueError("The image must be a colour picture at least 8x8 pixels.")
+    if a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:
+        raise ValueError("The image is too large (over 16 megapixels).")
+    if a.dtype != np.uint8:
+        a = np.clip(a * (255 if a.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
