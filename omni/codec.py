@@ -85,10 +85,9 @@ class SpeechDecoder:
             frames = [[0] * 7 if i in bad else f for i, f in enumerate(frames)]
         device = next(self.snac.parameters()).device
         with torch.inference_mode():
-            wave = self.snac.decode([c.to(device) for c in frames_to_codes(frames)])
-        wave = wave.reshape(-1).float()
-        for i in bad:
-            wave[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME] = 0
+            wave = self.snac.decode([c.to(device) for c in frames_to_codes(frames)]).reshape(-1).float()
+            for i in bad:
+                wave[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME] = 0
         self.emitted = end
         return to_int16(wave[(start - first) * SAMPLES_PER_FRAME:], official=self.mode == "official")
 

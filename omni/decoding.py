@@ -90,8 +90,8 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
     sample = Sampler(opts, x.device)
     cache = lm.new_cache(B, L + n_entries)
     h = lm(x, cache, 0)[:, -1]
-    audio = sample(lm.audio_logits(h[0])).tolist()
-    text = int(sample(lm.text_logits(h[text_row])))
+    audio = sample(lm.audio_logits(h[:1]))[0].tolist()
+    text = int(sample(lm.text_logits(h[text_row:text_row + 1]))[0])
     info["stop"] = "budget"
     yield audio + [text]  # entry 0: an eot here does not start pad forcing, an eoa here does not stop
     text_done = False
@@ -106,8 +106,8 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
         ids[0, :7] = shift + torch.tensor(audio, device=x.device)
         ids[:, 7] = text
         h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
-        audio = sample(lm.audio_logits(h[0])).tolist()
-        text = int(sample(lm.text_logits(h[text_row])))
+        audio = sample(lm.audio_logits(h[:1]))[0].tolist()
+        text = int(sample(lm.text_logits(h[text_row:text_row + 1]))[0])
         if audio[6] == vocab.eoa:
             info["stop"] = "eoa"
             return
@@ -130,7 +130,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
     sample = Sampler(opts, x.device)
     cache = lm.new_cache(B, L + n_entries)
     h = lm(x, cache, 0)[:, -1]
-    text = int(sample(lm.text_logits(h[0])))
+    text = int(sample(lm.text_logits(h[:1]))[0])
     info["stop"] = "budget"
     yield text
     ids = torch.tensor([[vocab.layershift(vocab.pad_a, i) for i in range(N_AUDIO_LAYERS)] + [0]], device=x.device)
@@ -140,7 +140,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
             return
         ids[0, 7] = text
         h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
-        text = int(sample(lm.text_logits(h[0])))
+        text = int(sample(lm.text_logits(h[:1]))[0])
         if text == vocab.eot:
             info["stop"] = "eot"
             return

@@ -125,6 +125,7 @@ class OmniLM(nn.Module):
         ))
         self.lm_head.weight = self.transformer.wte.weight  # tied: wte is the shared matrix (spec 1.5)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.split_heads: nn.ModuleList | None = None  # set by quantisation: [text head, audio heads]
 
     # -- inputs -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
@@ -169,9 +170,14 @@ class OmniLM(nn.Module):
     # -- heads --------------------------------------------------------------------------------------
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., text_vocab_size]: only the text columns of the head are computed."""
+        if self.split_heads is not None:  # separate (e.g. quantised) copies of the two head slices
+            return self.split_heads[0](h)
         return F.linear(h, self.lm_head.weight[: self.cfg.text_vocab_size])
 
     def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., 7, audio_vocab_size]."""
-        out = F.linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
+        if self.split_heads is not None:
+            out = self.split_heads[1](h)
+        else:
+            out = F.linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
         return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)

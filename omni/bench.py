@@ -1,0 +1,117 @@
+"""`python -m omni bench`: the speed figures of one configuration, printed and optionally written as JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decoding import DecodingOptions, speech_entries, text_entries
+from .events import AudioChunk, Finished
+from .inference import load_model
+
+AGREEMENT_PROMPTS = ["What is the capital of France?", "Tell me a short story about a cat.",
+                     "How do airplanes fly?", "Name three colors.", "What is two plus two?",
+                     "Describe the sea.", "Why is the sky blue?", "Say hello to my friend."]
+
+
+def spoken_question(seconds: float, sr: int = 16000) -> tuple[int, np.ndarray]:
+    """A speech-like test signal (voiced harmonics with a syllable envelope); content is irrelevant for speed."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 8))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) * (t > 0.2) * (t < seconds - 0.2)
+    return sr, (0.3 * voiced * envelope).astype(np.float32)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _decode_ms(model, x, steps: int) -> tuple[list[float], float]:
+    """Per-step wall times of the batch-2 speech loop (greedy, budget only), and the prefill time."""
+    times, t_prev = [], time.perf_counter()
+    t_start = t_prev
+    prefill = 0.0
+    for k, _ in enumerate(speech_entries(model.lm, model.vocab, x, steps + 1, DecodingOptions())):
+        now = time.perf_counter()
+        if k == 0:
+            prefill = now - t_start
+        else:
+            times.append(now - t_prev)
+        t_prev = now
+    return times, prefill
+
+
+def token_agreement(model, reference, n: int, max_new: int = 24) -> dict:
+    """Compare greedy tokens of `model` with `reference` (fp32) on n text prompts (T1A2 and T1T2)."""
+    same_prompts, agree, total = 0, 0, 0
+    for i in range(n):
+        task = "T1A2" if i % 2 == 0 else "T1T2"
+        text = AGREEMENT_PROMPTS[i % len(AGREEMENT_PROMPTS)]
+        outs = []
+        for m in (reference, model):
+            _, x = m.prepare(task, text=text)
+            loop = speech_entries if task == "T1A2" else text_entries
+            outs.append([e if isinstance(e, list) else [e] for e in loop(m.lm, m.vocab, x.to(m.device), max_new,
+                                                                         DecodingOptions())])
+        a, b = outs
+        n_pos = max(len(a), len(b))
+        match = sum(1 for i in range(min(len(a), len(b))) if a[i] == b[i])
+        agree, total = agree + match, total + n_pos
+        same_prompts += a == b
+    return {"prompts": n, "identical_prompts": same_prompts, "position_agreement": agree / max(total, 1)}
+
+
+def run_bench(a) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True)
+    load_s = time.perf_counter() - t0
+    question = spoken_question(a.seconds)
+    prompt, x = model.prepare("A1A2", audio=question)
+    # warm-up (allocator, kernels), then the timed loop
+    _decode_ms(model, x, 3)
+    times, prefill_s = _decode_ms(model, x, a.steps)
+    decode_ms = statistics.median(times) * 1000
+    # whole request as a user sees it: encoders + prefill + streamed SNAC chunks
+    ttfa, rtf, audio_s, wall = None, None, 0.0, 0.0
+    n_stream = min(a.steps + 10, model.cfg.block_size - prompt.length)
+    t1 = time.perf_counter()
+    for ev in model.stream("A1A2", audio=question, options=DecodingOptions(max_new_tokens=n_stream)):
+        if isinstance(ev, AudioChunk) and ttfa is None:
+            ttfa = time.perf_counter() - t1
+        if isinstance(ev, Finished):
+            wall = time.perf_counter() - t1
+            audio_s = ev.stats.audio_seconds
+            # real-time factor of the streaming phase: generation time after the first chunk per second of audio
+            rtf = ev.stats.real_time_factor
+    out = {
+        "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "prompt_length": prompt.length, "load_s": round(load_s, 2),
+        "prefill_ms": round(prefill_s * 1000, 1), "decode_ms_per_step": round(decode_ms, 1),
+        "steps_per_s": round(1000 / decode_ms, 2), "ttfa_s": round(ttfa, 3) if ttfa else None,
+        "rtf": round(rtf, 3) if rtf else None, "stream_audio_s": round(audio_s, 2), "stream_wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+    }
+    if model.device.type == "cuda":
+        out["gpu_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 0)
+    if a.agreement:
+        if a.dtype == "float32" and not a.quantize:
+            out["token_agreement"] = {"note": "fp32 is the reference itself"}
+        else:
+            ref = load_model(a.checkpoint, a.snac, "cpu", "float32", None)
+            out["token_agreement"] = token_agreement(model, ref, a.agreement)
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        print(f"{k:<{width}}  {v}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    return out
