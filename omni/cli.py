@@ -79,6 +79,7 @@ def cmd_generate(a) -> int:
     opts = DecodingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                            top_p=a.top_p, seed=a.seed)
     opts.validate()
+    a.audio, a.image = _check_inputs(a)  # bad input fails here, before seconds of model loading
     model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True)
     if a.stream:
         result, pcm = None, []
@@ -112,6 +113,30 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def _check_inputs(a):
+    """Read the inputs the task needs (clear errors for anything missing or broken); return audio, image."""
+    from .audio import SAMPLE_RATE, load_audio
+    from .errors import OmniInputError
+    from .tokens import AUDIO_INPUT_TASKS, TEXT_INPUT_TASKS
+    from .vision import open_image
+
+    audio = image = None
+    if a.task in AUDIO_INPUT_TASKS:
+        if not a.audio:
+            raise OmniInputError(f"task {a.task} needs --audio (a recording of the question)")
+        audio = (SAMPLE_RATE, load_audio(a.audio))
+    if a.task == "IMAGE_A1A2":
+        if not a.image:
+            raise OmniInputError("task IMAGE_A1A2 needs --image")
+        image = open_image(a.image)
+    if a.task in TEXT_INPUT_TASKS and (a.text is None or not a.text.strip()):
+        raise OmniInputError(f"task {a.task} needs --text (the question); it is empty")
+    for flag, path in (("--tokens-json", a.tokens_json), ("--out-wav", a.out_wav)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise OmniInputError(f"{flag}: folder {Path(path).resolve().parent} does not exist")
+    return audio, image
+
+
 def _end(result, model) -> int:
     return model._text_end(result.text_ids, speech=False)
 
@@ -140,10 +165,14 @@ def cmd_bench(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.formatwarning = lambda msg, cat, *_: f"warning: {msg}\n"
+    command = {"generate": cmd_generate, "tiny": cmd_tiny, "download": cmd_download, "bench": cmd_bench}[args.command]
     try:
-        return {"generate": cmd_generate, "tiny": cmd_tiny, "download": cmd_download, "bench": cmd_bench}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.showwarning = lambda msg, *_a, **_k: print(f"warning: {msg}", file=sys.stderr)
+            return command(args)
     except OmniError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

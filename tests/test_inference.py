@@ -1,0 +1,141 @@
+"""The public API on a tiny random checkpoint: every task, streaming events and modes, cancellation, budget."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import omni
+from omni.events import AudioChunk, Finished, TextDelta
+from omni.tokens import frames_from_delayed
+
+N = 24
+OPTS = omni.DecodingOptions(max_new_tokens=N)
+
+
+def inputs(media):
+    return dict(audio=media["speech16k"], image=media["image"], text="What is the capital of France?")
+
+
+@pytest.mark.parametrize("task", omni.TASKS)
+def test_every_task_generates_with_the_official_structure(tiny_model, media, task):
+    r = tiny_model.generate(task, **inputs(media), options=OPTS)
+    assert r.task == task and r.stats.prompt_length == r.prompt_length
+    if task in omni.SPEECH_TASKS:
+        assert len(r.audio_ids) == 7 and all(len(row) == len(r.text_ids) for row in r.audio_ids)
+        assert 1 <= len(r.text_ids) <= N
+        n_frames = len(frames_from_delayed(r.audio_ids))
+        assert n_frames == max(0, len(r.text_ids) - 7)
+        assert len(r.audio) == n_frames * 2048 and r.audio.dtype == np.int16
+    else:
+        assert r.audio_ids == [] and len(r.audio) == 0
+    assert isinstance(r.text, str)
+
+
+def test_stream_and_generate_give_the_same_tokens_in_both_modes(tiny_model, media):
+    ref = tiny_model.generate("A1A2", audio=media["speech16k"], options=OPTS)
+    for mode in ("smooth", "official"):
+        fin = [e for e in tiny_model.stream("A1A2", audio=media["speech16k"], options=OPTS, mode=mode)
+               if isinstance(e, Finished)][0]
+        assert fin.result.text_ids == ref.text_ids and fin.result.audio_ids == ref.audio_ids
+
+
+def test_official_chunking_drops_the_tail_and_smooth_mode_keeps_it(tiny_model, media):
+    n_frames = N - 7  # budget-limited with random weights: 17 complete frames
+    off = list(tiny_model.stream("T1A2", text="hello", options=OPTS, mode="official", stride=4))
+    chunks = [e.pcm for e in off if isinstance(e, AudioChunk)]
+    assert [len(c) for c in chunks] == [4 * 2048] * (n_frames // 4)  # 16,384-byte chunks, tail of 1 frame lost
+    smooth = list(tiny_model.stream("T1A2", text="hello", options=OPTS, mode="smooth", stride=4))
+    total = sum(len(e.pcm) for e in smooth if isinstance(e, AudioChunk))
+    assert total == n_frames * 2048
+    fin = smooth[-1]
+    assert isinstance(fin, Finished) and fin.stats.audio_seconds == pytest.approx(total / 24000)
+    assert fin.stats.time_to_first_audio_s is not None and fin.stats.steps == N - 1
+
+
+def test_smooth_chunks_join_without_clicks(tiny_model):
+    """Chunk borders of the smooth stream track a whole-utterance decode; official chunks jump there."""
+    import torch
+
+    from omni.codec import SpeechDecoder
+
+    rng = np.random.RandomState(0)
+    frames = [list(rng.randint(0, 4096, 7)) for _ in range(24)]
+
+    def stream(mode):
+        torch.manual_seed(0)
+        dec = SpeechDecoder(tiny_model.snac, 4096, stride=4, mode=mode)
+        out = [dec.add([f]) for f in frames] + [dec.flush()]
+        return np.concatenate([o for o in out if o is not None]).astype(np.float64)
+
+    def jump_at_borders(wave, borders):
+        return np.mean([abs(wave[b] - wave[b - 1]) for b in borders if b < len(wave)])
+
+    smooth, official = stream("smooth"), stream("official")
+    # official borders every 4 frames; smooth borders move with the hold-back, find them from the chunk sizes
+    off_borders = [4 * 2048 * k for k in range(1, 6)]
+    diffs = np.abs(np.diff(smooth)).mean()
+    assert jump_at_borders(official, off_borders) > jump_at_borders(smooth, off_borders)
+    assert jump_at_borders(smooth, off_borders) < 4 * diffs + 1
+
+
+def test_text_deltas_concatenate_to_the_final_text(tiny_model):
+    events = list(tiny_model.stream("T1T2", text="Tell me a story", options=OPTS))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == events[-1].result.text and len(text) > 0
+
+
+def test_cancel_stops_within_one_step_and_reports_it(tiny_model, media):
+    cancel = threading.Event()
+    steps_at_cancel = None
+    fin = None
+    for ev in tiny_model.stream("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=200),
+                                cancel=cancel):
+        if isinstance(ev, AudioChunk) and steps_at_cancel is None:
+            cancel.set()
+            steps_at_cancel = True
+        if isinstance(ev, Finished):
+            fin = ev
+    assert fin.stats.cancelled and fin.stats.stop_reason == "cancelled"
+    # the first chunk comes after entry 7 + hold-back; one more step at most may finish before the check
+    assert fin.stats.steps <= 12
+
+
+def test_consumer_stopping_early_frees_the_generator(tiny_model):
+    gen = tiny_model.stream("T1T2", text="hi", options=omni.DecodingOptions(max_new_tokens=50))
+    next(gen)
+    gen.close()  # must not raise; the KV cache goes with the closed loop
+    r = tiny_model.generate("T1T2", text="hi", options=omni.DecodingOptions(max_new_tokens=5))
+    assert len(r.text_ids) >= 1
+
+
+def test_greedy_is_deterministic_and_seeded_sampling_reproducible(tiny_model):
+    g1 = tiny_model.generate("T1A2", text="hello", options=OPTS)
+    g2 = tiny_model.generate("T1A2", text="hello", options=OPTS)
+    assert g1.text_ids == g2.text_ids and g1.audio_ids == g2.audio_ids
+    s = lambda seed: tiny_model.generate("T1T2", text="hello", options=omni.DecodingOptions(
+        max_new_tokens=12, temperature=1.5, seed=seed)).text_ids
+    assert s(1) == s(1) and s(1) != s(2)
+
+
+def test_budget_beyond_the_context_is_refused_before_any_work(tiny_model):
+    with pytest.raises(omni.OmniInputError, match="exceeds the model's 2048-token context"):
+        tiny_model.generate("T1T2", text="hi", options=omni.DecodingOptions(max_new_tokens=2046))
+    r = tiny_model.generate("T1T2", text="hi", options=omni.DecodingOptions(max_new_tokens=3))
+    assert len(r.text_ids) <= 3
+
+
+def test_audio_as_array_at_any_rate_and_channels(tiny_model, media):
+    import soundfile as sf
+
+    data, sr = sf.read(media["stereo"], dtype="float32")
+    assert data.ndim == 2 and sr != 16000
+    r = tiny_model.generate("ASR", audio=(sr, data), options=omni.DecodingOptions(max_new_tokens=4))
+    r2 = tiny_model.generate("ASR", audio=media["stereo"], options=omni.DecodingOptions(max_new_tokens=4))
+    assert r.prompt_length == r2.prompt_length > 3
+
+
+def test_int8_speed_mode_runs(tiny_ckpt, media):
+    m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
+    r = m.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=10))
+    assert len(r.text_ids) == 10 and len(r.audio) == 3 * 2048

@@ -1,0 +1,161 @@
+"""Our forward pass against independent implementations: transformers' Qwen2 (converted weights) for the LM,
+transformers' CLIPVisionModel for the image encoder, openai-whisper's own loader for the audio encoder."""
+
+import numpy as np
+import torch
+
+from omni.tokens import build_prompt
+
+
+def qwen2_reference(lm):
+    """transformers Qwen2ForCausalLM holding our weights (fused LitGPT qkv split per group)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    c = lm.cfg
+    hf = Qwen2ForCausalLM(Qwen2Config(
+        hidden_size=c.n_embd, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_query_groups, head_dim=c.head_size, intermediate_size=c.intermediate_size,
+        vocab_size=c.padded_vocab_size, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_base, rope_parameters={"rope_type": "default", "rope_theta": c.rope_base},
+        tie_word_embeddings=True, attn_implementation="eager"))
+    sd = {"model.embed_tokens.weight": lm.transformer.wte.weight, "model.norm.weight": lm.transformer.ln_f.weight,
+          "lm_head.weight": lm.transformer.wte.weight}
+    q, hs, g = c.q_per_kv, c.head_size, c.n_query_groups
+    for i, b in enumerate(lm.transformer.h):
+        p = f"model.layers.{i}."
+        w = b.attn.attn.weight.view(g, q + 2, hs, -1)
+        bias = b.attn.attn.bias.view(g, q + 2, hs)
+        sd[p + "self_attn.q_proj.weight"] = w[:, :q].reshape(-1, w.shape[-1])
+        sd[p + "self_attn.k_proj.weight"] = w[:, q].reshape(-1, w.shape[-1])
+        sd[p + "self_attn.v_proj.weight"] = w[:, q + 1].reshape(-1, w.shape[-1])
+        sd[p + "self_attn.q_proj.bias"] = bias[:, :q].reshape(-1)
+        sd[p + "self_attn.k_proj.bias"] = bias[:, q].reshape(-1)
+        sd[p + "self_attn.v_proj.bias"] = bias[:, q + 1].reshape(-1)
+        sd[p + "self_attn.o_proj.weight"] = b.attn.proj.weight
+        sd[p + "mlp.gate_proj.weight"] = b.mlp.fc_1.weight
+        sd[p + "mlp.up_proj.weight"] = b.mlp.fc_2.weight
+        sd[p + "mlp.down_proj.weight"] = b.mlp.proj.weight
+        sd[p + "input_layernorm.weight"] = b.norm_1.weight
+        sd[p + "post_attention_layernorm.weight"] = b.norm_2.weight
+    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
+    assert not [m for m in missing if "rotary" not in m] and not unexpected
+    return hf.eval()
+
+
+@torch.inference_mode()
+def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_model, media):
+    m = tiny_model
+    lm = m.lm
+    hf = qwen2_reference(lm)
+    prompt, x = m.prepare("A1A2", audio=media["speech16k"])
+    # 3 decode positions after the prompt, with arbitrary ids
+    step_ids = torch.randint(0, lm.cfg.padded_vocab_size, (3, 2, 8), generator=torch.Generator().manual_seed(0))
+    steps = [lm.embed_step(ids) for ids in step_ids]
+    cache = lm.new_cache(2, prompt.length + 3)
+    ours = [lm(x, cache, 0)]
+    for k, s in enumerate(steps):
+        ours.append(lm(s, cache, prompt.length + k))
+    ours = torch.cat(ours, dim=1)
+    ref = hf.model(inputs_embeds=torch.cat([x] + steps, dim=1)).last_hidden_state
+    assert torch.allclose(ours, ref, atol=2e-4, rtol=1e-4), (ours - ref).abs().max()
+    ref_logits = hf.lm_head(ref[:, -1])
+    assert torch.allclose(lm.text_logits(ours[:, -1]), ref_logits[:, : lm.cfg.text_vocab_size], atol=2e-3)
+    audio = lm.audio_logits(ours[:, -1])
+    assert torch.allclose(audio[:, 3], ref_logits[:, lm.cfg.text_vocab_size + 3 * lm.cfg.audio_vocab_size:
+                                                   lm.cfg.text_vocab_size + 4 * lm.cfg.audio_vocab_size], atol=2e-3)
+    assert torch.equal(ref_logits.argmax(-1), torch.cat([lm.text_logits(ours[:, -1]),
+                                                        audio.flatten(1)], dim=-1).argmax(-1))
+
+
+@torch.inference_mode()
+def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model):
+    lm = tiny_model.lm
+    p = build_prompt("A1T2", tiny_model.vocab, n_frames=4)
+    feats = torch.randn(4, lm.cfg.whisper_adapter_dim)
+    x = lm.embed(p.ids, feats, p.audio_slots)
+    wte = lm.transformer.wte.weight
+    adapted = lm.whisper_adapter(feats)
+    pos = 2  # a feature slot: 7 copies of the adapted feature + the text row's pad_t embedding
+    want = (7 * adapted[pos - 1] + wte[p.ids[0, 7, pos]]) / 8
+    assert torch.allclose(x[0, pos], want, atol=1e-5)
+    want0 = wte[p.ids[0, :, 0]].sum(0) / 8  # position 0 (input_a) keeps its token embeddings
+    assert torch.allclose(x[0, 0], want0, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_clip_matches_transformers_clip_vision_model(tiny_model, media):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from omni.vision import open_image, preprocess
+
+    clip = tiny_model.clip
+    d = clip.dims
+    hf = CLIPVisionModel(CLIPVisionConfig(hidden_size=d.width, intermediate_size=4 * d.width, num_hidden_layers=d.layers,
+                                          num_attention_heads=d.heads, image_size=d.image_size, patch_size=d.patch_size,
+                                          hidden_act="quick_gelu", layer_norm_eps=1e-5)).eval()
+    sd = clip.state_dict()
+    conv = {"embeddings.patch_embedding.weight": sd["conv1.weight"],
+            "embeddings.class_embedding": sd["class_embedding"],
+            "embeddings.position_embedding.weight": sd["positional_embedding"],
+            "pre_layrnorm.weight": sd["ln_pre.weight"], "pre_layrnorm.bias": sd["ln_pre.bias"],
+            "post_layernorm.weight": sd["ln_post.weight"],
+            "post_layernorm.bias": sd["ln_post.bias"]}
+    for i in range(d.layers):
+        s, p = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        wq, wk, wv = sd[s + "attn.in_proj_weight"].chunk(3)
+        bq, bk, bv = sd[s + "attn.in_proj_bias"].chunk(3)
+        conv.update({p + "self_attn.q_proj.weight": wq, p + "self_attn.k_proj.weight": wk,
+                     p + "self_attn.v_proj.weight": wv, p + "self_attn.q_proj.bias": bq,
+                     p + "self_attn.k_proj.bias": bk, p + "self_attn.v_proj.bias": bv,
+                     p + "self_attn.out_proj.weight": sd[s + "attn.out_proj.weight"],
+                     p + "self_attn.out_proj.bias": sd[s + "attn.out_proj.bias"],
+                     p + "layer_norm1.weight": sd[s + "ln_1.weight"], p + "layer_norm1.bias": sd[s + "ln_1.bias"],
+                     p + "layer_norm2.weight": sd[s + "ln_2.weight"], p + "layer_norm2.bias": sd[s + "ln_2.bias"],
+                     p + "mlp.fc1.weight": sd[s + "mlp.c_fc.weight"], p + "mlp.fc1.bias": sd[s + "mlp.c_fc.bias"],
+                     p + "mlp.fc2.weight": sd[s + "mlp.c_proj.weight"], p + "mlp.fc2.bias": sd[s + "mlp.c_proj.bias"]})
+    missing, unexpected = hf.load_state_dict(conv, strict=False)
+    assert not [m for m in missing if "position_ids" not in m] and not unexpected
+    pixels = preprocess(open_image(media["image"]), d.image_size)
+    ours = clip(pixels)
+    hidden = hf(pixel_values=pixels).last_hidden_state  # pre-ln_post tokens
+    ref = hf.post_layernorm(hidden) @ sd["proj"]  # the fork: ln_post + proj on all tokens
+    assert ours.shape == (1, d.n_tokens, d.output_dim)
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+
+def test_clip_preprocess_resizes_shorter_side_and_center_crops():
+    from PIL import Image
+
+    from omni.vision import MEAN, STD, preprocess
+
+    img = Image.new("RGB", (448, 300), (255, 0, 0))
+    x = preprocess(img, 224)
+    assert x.shape == (1, 3, 224, 224)
+    assert torch.allclose(x[0, :, 100, 100], torch.tensor([(1 - MEAN[0]) / STD[0], -MEAN[1] / STD[1], -MEAN[2] / STD[2]]),
+                          atol=1e-3)
+
+
+@torch.inference_mode()
+def test_whisper_encoder_matches_openai_whisper_with_stored_positional_embedding(tiny_model, tiny_ckpt, media):
+    import whisper
+
+    from omni.audio import load_audio, log_mel
+
+    ref = whisper.load_model(str(tiny_ckpt / "small.pt"), device="cpu")  # openai-whisper's own loader
+    stored = torch.load(tiny_ckpt / "small.pt", weights_only=True)["model_state_dict"]["encoder.positional_embedding"]
+    assert torch.equal(tiny_model.whisper.positional_embedding, stored.float())
+    mel = log_mel(load_audio(media["speech16k"]))
+    assert torch.allclose(tiny_model.whisper(mel[None]), ref.embed_audio(mel[None]), atol=1e-5)
+    feats = tiny_model.encode_audio(media["speech16k"])
+    n = int(len(load_audio(media["speech16k"])) / 16000 * 1000 / 20) + 1
+    assert feats.shape == (n, tiny_model.whisper_dims.n_audio_state)
+
+
+def test_audio_loading_matches_whisper_ffmpeg_path_for_16k_wav(media):
+    import whisper
+
+    from omni.audio import load_audio
+
+    ours = load_audio(media["speech16k"])
+    ref = whisper.load_audio(str(media["speech16k"]))  # ffmpeg, as the official code
+    assert np.array_equal(ours, ref)
