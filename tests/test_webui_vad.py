@@ -71,3 +71,10 @@ def test_bad_config_is_refused():
         VADConfig(threshold=1.5).validate()
     with pytest.raises(ValueError):
         VADConfig(end_silence_s=-1).validate()
+
+
+def test_webrtc_frames_int16_1xN_are_scaled():
+    from webui.vad import to_float32
+
+    a = to_float32(np.full((1, 960), 16384, np.int16))
+    assert a.shape == (960,) and a.dtype == np.float32 and np.allclose(a, 0.5)

@@ -12,6 +12,7 @@ import concurrent.futures
 import io
 import json
 import logging
+import os
 import queue
 import shutil
 import tempfile
@@ -61,6 +62,7 @@ class EngineConfig:
     stride: int = 4
     stream_mode: str = "smooth"
     playback_lead_s: float = 0.04  # audio handed to the transport ahead of real time
+    max_ahead_s: float = 3.0  # generation pauses when this much speech is waiting to be played
 
     def validate(self) -> "EngineConfig":
         if self.policy not in POLICIES:
@@ -234,6 +236,7 @@ class Engine:
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self.event_sink: Callable[[str, dict], None] | None = None  # e.g. a JSONL log for tests
 
     def _options(self, cfg: EngineConfig):
         cls = self.options_cls
@@ -334,10 +337,13 @@ class Session:
     def set_camera_frame(self, frame: np.ndarray | None) -> None:
         """Latest webcam frame (HxWx3 uint8); None means the camera was turned off."""
         with self._lock:
+            was_on = self.camera_frame() is not None
             if frame is None:
                 self._camera = None
             else:
                 self._camera = (time.monotonic(), np.ascontiguousarray(frame[..., :3]).astype(np.uint8, copy=False))
+            if was_on != (frame is not None):
+                self._event("camera_on" if frame is not None else "camera_off")
 
     def camera_frame(self) -> np.ndarray | None:
         with self._lock:
@@ -512,7 +518,14 @@ class Session:
         self._cond.notify_all()
 
     def _event(self, kind: str, **kw) -> None:
-        self.events.append({"t": time.monotonic(), "ev": kind, **kw})
+        rec = {"t": time.monotonic(), "ev": kind, **kw}
+        self.events.append(rec)
+        sink = self.engine.event_sink
+        if sink is not None:
+            try:
+                sink(self.id, rec)
+            except Exception:
+                log.debug("event sink failed", exc_info=True)
 
     # ------------------------------------------------------------ turn-taking and barge-in
 
@@ -594,7 +607,12 @@ class Session:
         said = turn.assistant_text if turn else ""
         matcher = self.matcher
         end_wall = end_wall if end_wall is not None else time.monotonic()
-        self._event("command_check_started", final=final, audio_s=len(audio16k) / VAD_RATE)
+        rms = float(np.sqrt(np.mean(audio16k.astype(np.float64) ** 2))) if len(audio16k) else 0.0
+        self._event("command_check_started", final=final, audio_s=len(audio16k) / VAD_RATE, rms=round(rms, 4))
+        if os.environ.get("WEBUI_DEBUG_AUDIO"):
+            import soundfile as sf
+
+            sf.write(self.dir / f"barge_{int(time.time() * 1000)}.wav", audio16k, VAD_RATE)
 
         def run():
             try:
@@ -777,14 +795,16 @@ class Session:
                 if ev.sample_rate != OUT_RATE:
                     pcm = (resample(pcm.astype(np.float32) / 32768, ev.sample_rate, OUT_RATE) * 32767).astype(np.int16)
                 turn.assistant_audio.append(pcm)
-                if self._transports:
-                    self._playback.append(pcm)
                 turn.status = "speaking"
                 if "first_audio_s" not in turn.timings:
                     now = time.monotonic()
                     turn.timings["first_audio_s"] = round(now - turn.timings["submitted"], 3)
                     if "speech_end_wall" in turn.timings:
                         turn.timings["speech_end_to_first_audio_s"] = round(now - turn.timings["speech_end_wall"], 3)
+                if self._transports:
+                    self._playback.append(pcm)
+                    self._bump()
+                    self._backpressure(turn)  # may return after an interruption: nothing below may undo it
             elif isinstance(ev, Finished):
                 st = ev.stats
                 if st is not None:
@@ -792,6 +812,19 @@ class Session:
                     if not turn.assistant_text and ev.result.text:
                         turn.assistant_text = ev.result.text
             self._bump()
+
+    def _backpressure(self, turn: Turn) -> None:
+        """Runs in the worker: when speech is generated far ahead of playback, wait.
+
+        Generating faster than real time buys nothing but CPU taken from the VAD and the stop-command ASR
+        (and work thrown away on an interruption).
+        """
+        limit = self.config.max_ahead_s
+        while turn is self._current and turn.status != "interrupted" and not self.closed:
+            ahead = sum(len(c) for c in self._playback) / OUT_RATE
+            if ahead <= limit:
+                return
+            self._cond.wait(0.05)
 
     def _on_model_error(self, turn: Turn, msg: str) -> None:
         with self._lock:

@@ -68,22 +68,33 @@ class SpeechDropped:
 
 
 def load_silero():
-    """A fresh Silero model (each detector needs its own: the model keeps RNN state between calls)."""
+    """A fresh Silero model (each detector needs its own: the model keeps RNN state between calls).
+
+    The ONNX build runs on one onnxruntime thread of its own, so the VAD keeps real time while the model
+    worker saturates torch's thread pool; the TorchScript build is the fallback.
+    """
     from silero_vad import load_silero_vad
 
-    with _model_lock:  # torch.jit loading is not re-entrant-friendly across threads
-        return load_silero_vad()
+    with _model_lock:
+        try:
+            import onnxruntime  # noqa: F401
+
+            return load_silero_vad(onnx=True)
+        except ImportError:
+            return load_silero_vad()
 
 
 def to_float32(pcm: np.ndarray) -> np.ndarray:
     a = np.asarray(pcm)
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    elif a.dtype == np.int32:
+        a = a.astype(np.float32) / 2147483648.0
+    else:
+        a = a.astype(np.float32, copy=False)
     if a.ndim > 1:  # (channels, n) from WebRTC or (n, channels) from files: average to mono
         a = a.mean(axis=0 if a.shape[0] < a.shape[-1] else -1)
-    if a.dtype == np.int16:
-        return a.astype(np.float32) / 32768.0
-    if a.dtype == np.int32:
-        return a.astype(np.float32) / 2147483648.0
-    return a.astype(np.float32, copy=False)
+    return a
 
 
 class Resampler:
@@ -178,7 +189,8 @@ class TurnDetector:
 
         cfg = self.config
         with torch.inference_mode():
-            p = float(self.model(torch.from_numpy(np.ascontiguousarray(frame)), SAMPLE_RATE))
+            out = self.model(torch.from_numpy(np.ascontiguousarray(frame)), SAMPLE_RATE)
+        p = float(np.asarray(out).reshape(-1)[0]) if not isinstance(out, torch.Tensor) else float(out.reshape(-1)[0])
         self.last_prob = p
         t = self.time
         self._frames += 1

@@ -1,0 +1,136 @@
+"""Start the Mini-Omni2 demo: `python app.py` (Gradio, 127.0.0.1:7860) or `python app.py --checkpoint tiny`.
+
+This file only parses arguments, makes sure a checkpoint is there, and starts a UI. The conversation
+logic is in webui/engine.py; the page is webui/gradio_app.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+HF_REPO = "gpt-omni/mini-omni2"
+TINY_BANNER = ("⚠️ **Random weights — answers are noise.** This is the tiny test checkpoint (`--checkpoint tiny`); "
+               "it exercises the whole pipeline offline. Start with `--checkpoint checkpoints/` for real answers.")
+REQUIRED = ("lit_model.pth", "model_config.yaml", "small.pt", "ViT-B-32.pt")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="app.py",
+        description="Mini-Omni2 real-time multimodal assistant: webcam + microphone + text in, streamed speech out. "
+                    "Opens a Gradio page; the model is loaded once and shared by all browser sessions.",
+        epilog="Examples:\n"
+               "  python app.py                         # checkpoints/ on 127.0.0.1:7860\n"
+               "  python app.py --checkpoint tiny       # tiny random weights, offline, for trying the UI\n"
+               "  python app.py --download              # fetch the official weights into checkpoints/ first\n"
+               "  python app.py --quantize int8 --port 8000\n"
+               "The microphone needs https or localhost: on a remote machine use an ssh tunnel\n"
+               "(ssh -L 7860:127.0.0.1:7860 host) or --share.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", default="checkpoints",
+                   help="checkpoint folder in the official layout (default: checkpoints/), or 'tiny' for a random "
+                        "tiny model built on the fly (answers are noise; used by tests)")
+    p.add_argument("--download", action="store_true",
+                   help=f"download the official weights ({HF_REPO}, about 3 GB) into --checkpoint if they are missing")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights dtype (default float32; bfloat16 is slower on most CPUs)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed-up)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
+    p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit"],
+                   help="gradio (default) or streamlit (the thin adapter: text + uploads)")
+    p.add_argument("--policy", default="command", choices=["command", "any", "off"],
+                   help="barge-in: command = only stop phrases interrupt (default); any = any speech interrupts; "
+                        "off = half-duplex (for speakers without echo cancellation)")
+    p.add_argument("--phrases", default=None, help="comma-separated stop phrases (default: 'stop omni' and a few "
+                                                   "short stop words)")
+    p.add_argument("--asr", default="auto",
+                   help="recogniser for the stop-command check: auto (bundled Whisper tiny.en if installed, else "
+                        "the checkpoint's small.pt), whisper (small.pt), none, or a faster-whisper model path/name")
+    p.add_argument("--end-silence", type=float, default=0.6, help="silence that ends your turn, seconds (0.6)")
+    p.add_argument("--multi-turn", action="store_true", help="send earlier exchanges as context (opt-in: the "
+                                                             "official weights are single-turn)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="answer length budget (512)")
+    p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4); model requests "
+                                                           "are queued one at a time in any case")
+    p.add_argument("--recordings", default=None, help="folder for session audio/images (default: a temp folder; "
+                                                      "deleted when a session ends)")
+    p.add_argument("--events", default=None, help=argparse.SUPPRESS)  # JSONL event log for the browser tests
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def ensure_checkpoint(args) -> str | None:
+    """Return an error message if the checkpoint is missing and was not downloaded."""
+    if args.checkpoint == "tiny":
+        return None
+    d = Path(args.checkpoint)
+    missing = [f for f in REQUIRED if not (d / f).exists()]
+    if not missing:
+        return None
+    if not args.download and sys.stdin.isatty():
+        ans = input(f"No checkpoint in {d}/ (missing {', '.join(missing)}). Download {HF_REPO} (~3 GB) now? [y/N] ")
+        args.download = ans.strip().lower() in ("y", "yes")
+    if not args.download:
+        return (f"No checkpoint in {d}/ (missing: {', '.join(missing)}).\n"
+                f"  Download it:   python app.py --download        (or: huggingface-cli download {HF_REPO} "
+                f"--local-dir {d})\n"
+                f"  Or try the UI: python app.py --checkpoint tiny  (random weights, offline)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        print(f"Downloading {HF_REPO} into {d}/ …", flush=True)
+        snapshot_download(HF_REPO, local_dir=str(d))  # shows tqdm progress bars
+    except Exception as e:
+        return f"Download failed: {e}\nCheck the network, or download {HF_REPO} by hand into {d}/."
+    missing = [f for f in REQUIRED if not (d / f).exists()]
+    return f"The download finished but {', '.join(missing)} are still missing in {d}/." if missing else None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    err = ensure_checkpoint(args)
+    if err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.ui == "streamlit":
+        import subprocess
+
+        cmd = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).parent / "webui" / "streamlit_app.py"),
+               "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--", "--checkpoint", args.checkpoint, "--device", args.device,
+               "--dtype", args.dtype] + (["--quantize", args.quantize] if args.quantize else [])
+        return subprocess.call(cmd)
+
+    from webui.engine import EngineConfig
+    from webui.gradio_app import LoadOptions, OmniApp, launch
+    from webui.interrupt import DEFAULT_PHRASES, parse_phrases
+    from webui.vad import VADConfig
+
+    phrases = parse_phrases(args.phrases) if args.phrases else DEFAULT_PHRASES
+    try:
+        config = EngineConfig(vad=VADConfig(end_silence_s=args.end_silence), policy=args.policy, phrases=phrases,
+                              multi_turn=args.multi_turn, max_new_tokens=args.max_new_tokens).validate()
+    except ValueError as e:
+        print(f"Bad option: {e}", file=sys.stderr)
+        return 2
+    tiny = args.checkpoint == "tiny"
+    app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=tiny, device=args.device, dtype=args.dtype,
+                              quantize=args.quantize, asr=args.asr, recordings=args.recordings,
+                              events_path=args.events, max_voice=args.max_voice, config=config))
+    app.load_in_background()  # the page comes up at once and shows loading progress
+    print(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)", flush=True)
+    launch(app, host=args.host, port=args.port, share=args.share, banner=TINY_BANNER if tiny else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
