@@ -44,12 +44,13 @@ def to_int16(wave: torch.Tensor, official: bool = False) -> np.ndarray:
 
 
 class SpeechDecoder:
-    """Decodes complete 7-token frames to PCM as they arrive.
+    """Turns complete 7-token frames into PCM jobs as they arrive.
 
     mode "official": every `stride` frames are decoded on their own (clicks at chunk borders; a tail of up to
     stride-1 frames is never played). mode "smooth" (default): each decode also sees up to `context` earlier
     frames and the last frame is held back until the next chunk, so chunk borders join without a click, and
     `flush()` plays the tail. Frames holding a special id (>= n_codes) are played as silence.
+    `add`/`flush` only pick frames (cheap, in order); `render` runs SNAC, so it can run on a worker thread.
     """
 
     def __init__(self, snac, n_codes: int = 4096, stride: int = 4, mode: str = "smooth", context: int = 4,
@@ -60,26 +61,30 @@ class SpeechDecoder:
         self.context = context if mode == "smooth" else 0
         self.hold_back = hold_back if mode == "smooth" else 0
         self.frames: list[list[int]] = []
-        self.emitted = 0  # frames already turned into PCM
+        self.emitted = 0  # frames already handed out as jobs
 
-    def add(self, frames: list[list[int]]) -> np.ndarray | None:
-        """Add newly completed frames; return the PCM that is ready now, if any."""
+    def add(self, frames: list[list[int]]) -> tuple | None:
+        """Add newly completed frames; return a render job if a chunk is due."""
         self.frames.extend(frames)
         ready = len(self.frames) - self.hold_back
         if ready - self.emitted < self.stride:
             return None
         end = self.emitted + (ready - self.emitted) // self.stride * self.stride if self.mode == "official" else ready
-        return self._decode(self.emitted, end)
+        return self._job(self.emitted, end)
 
-    def flush(self) -> np.ndarray | None:
-        """PCM for the frames not yet played (nothing in official mode: the official stream drops them)."""
+    def flush(self) -> tuple | None:
+        """A job for the frames not yet played (none in official mode: the official stream drops them)."""
         if self.mode == "official" or self.emitted >= len(self.frames):
             return None
-        return self._decode(self.emitted, len(self.frames))
+        return self._job(self.emitted, len(self.frames))
 
-    def _decode(self, start: int, end: int) -> np.ndarray:
+    def _job(self, start: int, end: int) -> tuple:
         first = max(0, start - self.context)
-        frames = self.frames[first:end]
+        self.emitted = end
+        return self.frames[first:end], start - first
+
+    def render(self, job: tuple) -> np.ndarray:
+        frames, skip = job
         bad = [i for i, f in enumerate(frames) if any(t >= self.n_codes or t < 0 for t in f)]
         if bad:
             frames = [[0] * 7 if i in bad else f for i, f in enumerate(frames)]
@@ -88,8 +93,7 @@ class SpeechDecoder:
             wave = self.snac.decode([c.to(device) for c in frames_to_codes(frames)]).reshape(-1).float()
             for i in bad:
                 wave[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME] = 0
-        self.emitted = end
-        return to_int16(wave[(start - first) * SAMPLES_PER_FRAME:], official=self.mode == "official")
+        return to_int16(wave[skip * SAMPLES_PER_FRAME:], official=self.mode == "official")
 
 
 def decode_frames(snac, frames: list[list[int]], n_codes: int = 4096) -> np.ndarray:
@@ -97,5 +101,4 @@ def decode_frames(snac, frames: list[list[int]], n_codes: int = 4096) -> np.ndar
     if not frames:
         return np.zeros(0, np.int16)
     dec = SpeechDecoder(snac, n_codes, stride=len(frames), mode="smooth", context=0, hold_back=0)
-    dec.frames = list(frames)
-    return dec._decode(0, len(frames))
+    return dec.render(dec.add(frames))

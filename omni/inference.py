@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -170,13 +171,14 @@ class Omni:
 
     # -- generation ------------------------------------------------------------------------------------
     def stream(self, task: str, audio=None, image=None, text=None, options: DecodingOptions | None = None,
-               stride: int = 4, mode: str = "smooth", cancel: threading.Event | None = None
-               ) -> Iterator[TextDelta | AudioChunk | Finished]:
+               stride: int = 4, mode: str = "smooth", cancel: threading.Event | None = None,
+               overlap: bool = True) -> Iterator[TextDelta | AudioChunk | Finished]:
         """Yield TextDelta / AudioChunk events as they are generated, then one Finished event.
 
         mode "smooth" decodes speech with left context and plays the tail; "official" reproduces the official
-        chunking (independent 4-frame chunks, tail dropped). Tokens are the same in both. Setting `cancel`
-        stops within one decode step; the KV cache is freed when the generator ends.
+        chunking (independent `stride`-frame chunks, tail dropped). Tokens are the same in both. With `overlap`,
+        SNAC runs on a worker thread while the next tokens are decoded. Setting `cancel` stops within one
+        decode step; the KV cache is freed when the generator ends.
         """
         opts = options or DecodingOptions()
         opts.validate()
@@ -187,60 +189,67 @@ class Omni:
         t0 = time.perf_counter()
         prompt, x = self.prepare(task, audio, image, text)
         n_entries = self.budget(prompt.length, opts)
+        speech = task in SPEECH_TASKS
         stats = Stats(task=task, prompt_length=prompt.length)
         text_out = TextStreamer(self.tokenizer)
         info: dict = {}
-        speech = task in SPEECH_TASKS
         audio_rows: list[list[int]] = [[] for _ in range(7)] if speech else []
         text_ids: list[int] = []
         pcm: list[np.ndarray] = []
         decoder = SpeechDecoder(self.snac, self.vocab.n_codes, stride, mode) if speech else None
-        text_open = True
+        pool = ThreadPoolExecutor(1, thread_name_prefix="snac") if speech and overlap else None
+        pending: deque[Future] = deque()
         t_first = None
 
-        def emit_audio(chunk):
-            nonlocal stats
-            if chunk is not None and len(chunk):
+        def submit(job) -> None:
+            if job is None:
+                return
+            if pool is None:
+                done = Future()
+                done.set_result(decoder.render(job))
+                pending.append(done)
+            else:
+                pending.append(pool.submit(decoder.render, job))
+
+        def finished_audio(wait: bool) -> Iterator[AudioChunk]:
+            while pending and (wait or pending[0].done()):
+                chunk = pending.popleft().result()
                 pcm.append(chunk)
                 stats.audio_seconds += len(chunk) / 24000
                 if stats.time_to_first_audio_s is None:
                     stats.time_to_first_audio_s = time.perf_counter() - t0
-                return AudioChunk(chunk)
-            return None
+                yield AudioChunk(chunk)
 
         loop = speech_entries if speech else text_entries
         entries = loop(self.lm, self.vocab, x, n_entries, opts, cancel, info)
+        text_open = True
         try:
             for k, entry in enumerate(entries):
-                now = time.perf_counter()
                 if k == 0:
-                    stats.prefill_s = now - t0
-                    t_first = now
-                else:
-                    stats.steps = k
+                    t_first = time.perf_counter()
+                    stats.prefill_s = t_first - t0
+                stats.steps = k
                 tok = entry[7] if speech else entry
+                text_ids.append(tok)
+                if tok == self.vocab.eot and (speech or k > 0):
+                    text_open = False
+                elif text_open and tok < self.vocab.eot and (delta := text_out.add(tok)):
+                    if stats.time_to_first_text_s is None:
+                        stats.time_to_first_text_s = time.perf_counter() - t0
+                    yield TextDelta(delta)
                 if speech:
                     for j in range(7):
                         audio_rows[j].append(entry[j])
-                text_ids.append(tok)
-                if text_open and (tok == self.vocab.eot and (speech or k > 0)):
-                    text_open = False
-                elif text_open and tok < self.vocab.eot:
-                    delta = text_out.add(tok)
-                    if delta:
-                        if stats.time_to_first_text_s is None:
-                            stats.time_to_first_text_s = time.perf_counter() - t0
-                        yield TextDelta(delta)
-                if speech and k >= 7:
-                    ev = emit_audio(decoder.add(frames_from_delayed(audio_rows, n_frames=1, start=k - 7)))
-                    if ev:
-                        yield ev
-            if speech:
-                ev = emit_audio(decoder.flush())
-                if ev:
-                    yield ev
+                    if k >= 7:  # frame k-7 is complete once entry k is in
+                        submit(decoder.add(frames_from_delayed(audio_rows, n_frames=1, start=k - 7)))
+                    yield from finished_audio(wait=False)
+            if speech and not (cancel is not None and cancel.is_set()):
+                submit(decoder.flush())
+            yield from finished_audio(wait=True)
         finally:
             entries.close()  # frees the KV cache now, also when the consumer stops early
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             stats.decode_s = (time.perf_counter() - t_first) if t_first else 0.0
             stats.total_s = time.perf_counter() - t0
         stats.stop_reason = info.get("stop", "")
@@ -262,7 +271,8 @@ class Omni:
                  cancel: threading.Event | None = None) -> Result:
         """Run a whole request. Speech is decoded in one SNAC call at the end (the best quality)."""
         result = None
-        for ev in self.stream(task, audio, image, text, options, stride=10**9, mode="official", cancel=cancel):
+        for ev in self.stream(task, audio, image, text, options, stride=10**9, mode="official", cancel=cancel,
+                              overlap=False):
             if isinstance(ev, Finished):
                 result = ev.result
         assert result is not None

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything the app and the tests need: Debian packages, then a virtualenv at .venv with the
+# pinned requirements. Safe to run again: it skips what is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(espeak-ng sox ffmpeg chromium chromium-driver libsndfile1 python3-venv)
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing system packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "[setup] please install: ${missing[*]} (no apt-get here)" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+stamp=".venv/.requirements.sha256"
+want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[setup] .venv is up to date"
+  exit 0
+fi
+echo "[setup] creating .venv and installing the pinned requirements (a few minutes the first time)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -r requirements.txt
+# openai-whisper without its triton dependency (1 GB, GPU-only); its real dependencies are in requirements.txt
+.venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
+echo "$want" > "$stamp"
+echo "[setup] done"
