@@ -1,0 +1,175 @@
+"""Engine behaviour that needs no real-time audio: queueing across sessions, isolation, history, export,
+multi-turn context, camera frames, errors. Real Silero VAD; a scripted model (engine logic only)."""
+
+import json
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from webui_fixtures import Options, ScriptedModel, silence, speech, timeline
+
+from webui.engine import Engine, EngineConfig, load_audio, load_image
+
+
+@pytest.fixture
+def engine(tmp_path):
+    model = ScriptedModel("Paris is the capital of France.", speed=20.0, first_delay=0.2)
+    e = Engine(model, EngineConfig(), transcriber=None, recordings_dir=str(tmp_path), options_cls=Options)
+    yield e
+    e.close()
+
+
+def feed(session, audio, sr=16000):
+    pcm = (audio * 32767).astype(np.int16)
+    for i in range(0, len(pcm), 320):  # 20 ms frames, as fast as possible: the VAD runs on the audio clock
+        session.feed_audio(sr, pcm[i : i + 320])
+
+
+def test_requests_from_two_sessions_are_queued_and_isolated(engine):
+    a, b = engine.new_session(), engine.new_session()
+    ta = a.send_text("hello from a")
+    tb = b.send_text("hello from b", speak=False)
+    end = time.monotonic() + 5
+    while a.queue_position() != 0 and time.monotonic() < end:
+        time.sleep(0.005)
+    assert a.queue_position() == 0 and b.queue_position() == 1  # a runs, b waits first in line
+    assert a.wait_idle(20) and b.wait_idle(20)
+    assert engine.model.max_concurrent == 1  # the model never ran two requests at once
+    assert [t.user_text for t in a.history] == ["hello from a"] and [t.user_text for t in b.history] == ["hello from b"]
+    assert ta.task == "T1A2" and tb.task == "T1T2" and ta.status == tb.status == "done"
+    assert ta.assistant_text == tb.assistant_text == "Paris is the capital of France."
+    assert len(ta.audio()) > 0 and len(tb.audio()) == 0
+    assert tb.timings["queue_wait_s"] >= ta.timings["queue_wait_s"]
+    assert a.dir != b.dir and not set(p.name for p in b.dir.iterdir()) & {"turn_001_assistant.wav"}
+
+
+def test_voice_turn_carries_the_webcam_frame_only_when_the_camera_is_on(engine):
+    s = engine.new_session()
+    q = speech("what do you see in front of me")
+    frame = np.full((240, 320, 3), 120, np.uint8)
+    s.set_camera_frame(frame)
+    feed(s, timeline(silence(0.5), q, silence(1.0)))
+    assert s.wait_idle(20)
+    s.set_camera_frame(None)
+    feed(s, timeline(q, silence(1.0)))
+    assert s.wait_idle(20)
+    calls = engine.model.calls
+    assert [c.task for c in calls] == ["IMAGE_A1A2", "A1A2"]
+    assert calls[0].image is not None and np.array_equal(calls[0].image, frame) and calls[1].image is None
+    sr, audio = calls[0].audio
+    assert sr == 16000 and abs(len(audio) / sr - len(q) / 16000) < 0.7  # the cut question, not the silence
+    assert s.history[0].image_source == "webcam"
+
+
+def test_stale_camera_frame_is_not_used(engine):
+    s = engine.new_session()
+    s.update_config(camera_max_age_s=0.1)
+    s.set_camera_frame(np.zeros((64, 64, 3), np.uint8))
+    time.sleep(0.2)
+    feed(s, timeline(speech("hello there how are you"), silence(1.0)))
+    assert s.wait_idle(20)
+    assert engine.model.calls[0].task == "A1A2"
+
+
+def test_export_zip_has_transcript_and_every_file(engine, tmp_path):
+    s = engine.new_session()
+    s.set_camera_frame(np.full((48, 64, 3), 200, np.uint8))
+    feed(s, timeline(silence(0.3), speech("what is the capital of france"), silence(1.0)))
+    assert s.wait_idle(20)
+    s.send_text("and of spain?", image=np.full((32, 32, 3), 10, np.uint8))
+    assert s.wait_idle(20)
+    path = s.export_zip()
+    assert path.parent == s.dir  # written inside the session folder
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        data = json.loads(z.read("transcript.json"))
+        md = z.read("transcript.md").decode()
+    assert names == {"transcript.json", "transcript.md", "turn_001_user.wav", "turn_001_image.jpg",
+                     "turn_001_assistant.wav", "turn_002_image.jpg", "turn_002_assistant.wav"}
+    assert [t["task"] for t in data["turns"]] == ["IMAGE_A1A2", "T1A2"]
+    assert data["turns"][1]["user_text"] == "and of spain?" and "Paris" in md
+    assert data["turns"][0]["files"]["user_audio"] == "turn_001_user.wav"
+    assert "first_audio_s" in data["turns"][0]["timings"]
+
+
+def test_multi_turn_context_is_opt_in(engine):
+    s = engine.new_session()
+    s.send_text("first question")
+    s.wait_idle(20)
+    s.send_text("second question")
+    s.wait_idle(20)
+    assert engine.model.calls[1].text == "second question"  # single-turn by default
+    s.update_config(multi_turn=True)
+    s.send_text("third question")
+    s.wait_idle(20)
+    ctx = engine.model.calls[2].text
+    assert "User: second question\nAssistant: Paris is the capital of France." in ctx
+    assert ctx.endswith("User: third question")
+
+
+def test_model_failure_is_a_message_and_the_session_goes_on(engine):
+    s = engine.new_session()
+    engine.model.fail_with = RuntimeError("CUDA out of memory")
+    t = s.send_text("hello")
+    assert s.wait_idle(20)
+    assert t.status == "error" and "CUDA out of memory" in t.error and "can go on" in t.error
+    engine.model.fail_with = None
+    t2 = s.send_text("hello again")
+    assert s.wait_idle(20) and t2.status == "done"
+
+
+def test_stop_button_cancels_a_queued_or_running_answer(engine):
+    engine.model.speed = 0.5  # slow: still generating when we press stop
+    s = engine.new_session()
+    s.attach_transport()
+    t = s.send_text("tell me a long story")
+    time.sleep(0.5)
+    assert s.interrupt("stop button")
+    assert t.status == "interrupted" and not s.assistant_active
+    time.sleep(0.5)
+    assert engine.model.calls[0].cancel.is_set() and engine.model.cancelled == 1
+
+
+def test_bad_inputs_give_clear_messages(engine, tmp_path):
+    s = engine.new_session()
+    with pytest.raises(ValueError, match="Type a message"):
+        s.send_text("   ")
+    with pytest.raises(ValueError, match="too long"):
+        s.send_text("x" * 5000)
+    bad = tmp_path / "notes.wav"
+    bad.write_text("this is not audio")
+    with pytest.raises(ValueError, match="not audio"):
+        load_audio(str(bad))
+    with pytest.raises(ValueError, match="silent"):
+        load_audio((16000, np.zeros(16000, np.float32)))
+    with pytest.raises(ValueError, match="limit"):
+        load_audio((16000, np.ones(16000 * 61, np.float32) * 0.1))
+    img = tmp_path / "photo.png"
+    img.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="not an image"):
+        load_image(str(img))
+    with pytest.raises(ValueError, match="colour picture"):
+        load_image(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError):
+        s.send_upload()
+    assert not s.history  # nothing half-started
+
+
+def test_bad_settings_are_refused(engine):
+    s = engine.new_session()
+    with pytest.raises(ValueError):
+        s.update_config(policy="sometimes")
+    with pytest.raises(ValueError):
+        s.update_config(phrases=())
+    assert s.config.policy == "command"
+
+
+def test_closed_session_removes_its_files(engine):
+    s = engine.new_session()
+    s.send_text("hi")
+    s.wait_idle(20)
+    assert any(s.dir.iterdir())
+    engine.close_session(s.id)
+    assert not s.dir.exists() and engine.get(s.id) is None
