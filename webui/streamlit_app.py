@@ -1,0 +1,180 @@
+"""A thin Streamlit UI over the same conversation engine: text, uploaded audio and image, streamed answer.
+
+    streamlit run webui/streamlit_app.py -- --checkpoint tiny
+    python app.py --ui streamlit --checkpoint tiny
+
+Live microphone and barge-in are in the Gradio app (WebRTC); here each request is a whole message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` starts in this folder
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from webui.engine import Engine, EngineConfig, Session, load_audio, load_image  # noqa: E402
+
+TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."
+MAX_UPLOAD_MB = 25
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Mini-Omni2 Streamlit UI")
+    p.add_argument("--checkpoint", default=os.environ.get("OMNI_CHECKPOINT", "checkpoints"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--quantize", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=int(os.environ.get("OMNI_MAX_NEW_TOKENS", "512")))
+    args, _ = p.parse_known_args()
+    return args
+
+
+@st.cache_resource(show_spinner="Loading the model (once for all sessions)…")
+def get_engine(checkpoint: str, device: str, dtype: str, quantize: str | None, max_new_tokens: int) -> Engine:
+    import omni
+
+    if checkpoint == "tiny":
+        from webui.gradio_app import tiny_checkpoint_dir
+
+        checkpoint = str(tiny_checkpoint_dir())
+    model = omni.load_model(checkpoint, device=device, dtype=dtype, quantize=quantize)
+    # no live microphone here, so no stop-command ASR is needed
+    return Engine(model, EngineConfig(max_new_tokens=max_new_tokens), transcriber=None)
+
+
+def session(engine: Engine) -> Session:
+    s = st.session_state.get("omni_session")
+    if s is None or s.closed:
+        s = st.session_state["omni_session"] = engine.new_session()
+    return s
+
+
+def show_turn(t) -> None:
+    with st.chat_message("user"):
+        if t.user_text:
+            st.write(t.user_text)
+        if "user_audio" in t.files:
+            st.audio(t.files["user_audio"])
+        if "image" in t.files:
+            st.image(t.files["image"], width=240)
+    with st.chat_message("assistant"):
+        note = " *(interrupted)*" if t.status == "interrupted" else ""
+        st.write((t.assistant_text or "(no text)") + note)
+        if t.error:
+            st.error(t.error)
+        if "assistant_audio" in t.files:
+            st.audio(t.files["assistant_audio"])
+
+
+def stream_answer(s: Session, turn) -> None:
+    """Write the answer as it is generated, then its speech."""
+    with st.chat_message("assistant"):
+        box = st.empty()
+        end = time.monotonic() + 600
+        while time.monotonic() < end:
+            done = not s.assistant_active
+            pos = s.queue_position()
+            if turn.status == "queued" and pos:
+                box.markdown(f"⏳ waiting for the model — position {pos} in the queue")
+            else:
+                box.markdown((turn.assistant_text or "") + ("" if done else " ▌"))
+            if done:
+                break
+            time.sleep(0.1)
+        if turn.error:
+            st.error(turn.error)
+        if "assistant_audio" in turn.files:
+            st.audio(turn.files["assistant_audio"], autoplay=True)
+
+
+def main() -> None:
+    args = parse_args()
+    st.set_page_config(page_title="Mini-Omni2", page_icon="🎙️")
+    st.title("Mini-Omni2")
+    if args.checkpoint == "tiny":
+        st.warning(TINY_BANNER)
+    try:
+        engine = get_engine(args.checkpoint, args.device, args.dtype, args.quantize, args.max_new_tokens)
+    except Exception as e:
+        st.error(f"The model could not be loaded: {e}")
+        st.stop()
+    s = session(engine)
+
+    with st.sidebar:
+        mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
+        st.subheader("Upload")
+        image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"])
+        audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"])
+        ask = st.button("Ask with upload", disabled=audio_file is None and image_file is None)
+        st.divider()
+        if s.history:
+            zip_path = s.export_zip()
+            st.download_button("⬇ Export conversation", zip_path.read_bytes(), file_name=zip_path.name,
+                               mime="application/zip")
+        if st.button("Clear"):
+            s.clear()
+
+    for t in s.history:
+        show_turn(t)
+
+    text = st.chat_input("Type a message")
+    turn = None
+    try:
+        image = _read_image(image_file) if image_file is not None else None
+        if text:
+            turn = s.send_text(text, speak=(mode == "speech"), image=image)
+        elif ask:
+            audio = _read_audio(audio_file) if audio_file is not None else None
+            turn = s.send_upload(audio=audio, image=image, text="", speak=(mode == "speech"))
+    except ValueError as e:
+        st.error(str(e))
+    if turn is not None:
+        show_user(turn)
+        stream_answer(s, turn)
+
+
+def show_user(t) -> None:
+    with st.chat_message("user"):
+        st.write(t.user_text or "📎 audio question")
+        if "image" in t.files:
+            st.image(t.files["image"], width=240)
+
+
+def _read_image(f) -> np.ndarray:
+    if f.size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise ValueError(f"The image is larger than {MAX_UPLOAD_MB} MB.")
+    from io import BytesIO
+
+    return load_image(_pil(BytesIO(f.getvalue())))
+
+
+def _pil(buf):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(buf)
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("That file is not an image I can read (try PNG or JPEG).") from None
+
+
+def _read_audio(f):
+    if f.size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise ValueError(f"The audio file is larger than {MAX_UPLOAD_MB} MB.")
+    suffix = Path(f.name).suffix.lower() if Path(f.name).suffix.lower() in (".wav", ".mp3", ".ogg", ".flac", ".m4a") else ".wav"
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as tmp:
+        tmp.write(f.getvalue())
+    try:
+        return load_audio(tmp.name)
+    finally:
+        os.unlink(tmp.name)
+
+
+main()
