@@ -221,7 +221,7 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         wait_for(lambda: "interrupted" in chat.inner_text(), 10, page, "the interrupted mark in the chat")
         page.locator("#voice").get_by_role("button", name="start stream").dispatch_event("click")  # free the slot
         page.wait_for_timeout(500)
-        page.screenshot(path=str(shot_dir / "screenshot.png"), full_page=False)
+        page.screenshot(path=str(shot_dir / "screenshot.png"), full_page=True)
 
         # 4. export downloads a zip with transcript, audio and the webcam frame
         page.locator("#export").click()
@@ -247,3 +247,30 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         with z.open("turn_001_user.wav") as f:
             u, usr = sf.read(f)
         assert usr == SR and 3.0 < len(u) / usr < 5.0
+
+
+def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
+    """Without the fake-UI flag headless Chromium refuses media permission; the page must say so and keep working."""
+    from playwright.sync_api import sync_playwright
+
+    url, _, _ = app
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1400, "height": 1100},
+            args=[f for f in FLAGS if f != "--use-fake-ui-for-media-stream"] + ["--deny-permission-prompts"])
+        page = ctx.new_page()
+        page.goto(url, wait_until="load")
+        status = page.locator("#status-line")
+        wait_for(lambda: "Model ready" in status.inner_text(), 120, page, "the model to be ready")
+        page.get_by_text("Click to Access Webcam").click()
+        err = page.locator("#media-error")
+        wait_for(lambda: err.is_visible() and "permission was denied" in err.inner_text(), 15, page, "the message")
+        assert "Camera" in err.inner_text()
+        # the session still works: a typed question is answered
+        page.locator("#mode").get_by_text("text").click()
+        page.locator("#text-in textarea").fill("hello")
+        page.locator("#send").click()
+        latency = page.locator("#latency")
+        wait_for(lambda: "hello" in page.locator("#chat").inner_text() and "T1T2" in latency.inner_text()
+                 and "done" in latency.inner_text(), 60, page, "the typed turn to finish")
+        ctx.close()

@@ -776,7 +776,7 @@ class Session:
 
         with self._lock:
             if isinstance(ev, Finished) and ev.stats is not None and turn.status == "interrupted":
-                turn.timings["model"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.stats.as_dict().items()}
+                turn.timings["model"] = model_timings(ev.stats, turn.timings.get("throttled_s", 0.0))
                 turn.timings["steps_per_s"] = turn.timings["model"].get("steps_per_s")
             if turn is not self._current or turn.status == "interrupted":
                 return
@@ -808,7 +808,7 @@ class Session:
             elif isinstance(ev, Finished):
                 st = ev.stats
                 if st is not None:
-                    turn.timings["model"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.as_dict().items()}
+                    turn.timings["model"] = model_timings(st, turn.timings.get("throttled_s", 0.0))
                     if not turn.assistant_text and ev.result.text:
                         turn.assistant_text = ev.result.text
             self._bump()
@@ -820,11 +820,16 @@ class Session:
         (and work thrown away on an interruption).
         """
         limit = self.config.max_ahead_s
-        while turn is self._current and turn.status != "interrupted" and not self.closed:
-            ahead = sum(len(c) for c in self._playback) / OUT_RATE
-            if ahead <= limit:
-                return
-            self._cond.wait(0.05)
+        t0 = time.monotonic()
+        try:
+            while turn is self._current and turn.status != "interrupted" and not self.closed:
+                ahead = sum(len(c) for c in self._playback) / OUT_RATE
+                if ahead <= limit:
+                    return
+                self._cond.wait(0.05)
+        finally:
+            # kept apart so steps/s and the real-time factor describe the model, not the waiting
+            turn.timings["throttled_s"] = round(turn.timings.get("throttled_s", 0.0) + time.monotonic() - t0, 3)
 
     def _on_model_error(self, turn: Turn, msg: str) -> None:
         with self._lock:
@@ -963,6 +968,17 @@ class Session:
             self._current = None
             self._playback.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def model_timings(stats, throttled_s: float) -> dict:
+    """The model's stats, with time spent waiting for playback (back-pressure) taken out of the rates."""
+    d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.as_dict().items()}
+    busy_decode = max(1e-6, (stats.decode_s or 0.0) - throttled_s)
+    d["steps_per_s"] = round(stats.steps / busy_decode, 2) if stats.steps else d.get("steps_per_s")
+    if stats.audio_seconds:
+        d["real_time_factor"] = round(max(0.0, stats.total_s - throttled_s) / stats.audio_seconds, 3)
+    d["throttled_s"] = round(throttled_s, 3)
+    return d
 
 
 def truncate_text(turn: Turn, played_s: float) -> str:

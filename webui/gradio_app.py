@@ -458,8 +458,8 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                     up_audio = gr.Audio(sources=["upload"], type="filepath", label="Audio question",
                                         elem_id="upload-audio")
                     up_send = gr.Button("Ask with upload", elem_id="upload-send")
-                    examples = sorted((ASSETS / "examples").glob("*.wav")) if (ASSETS / "examples").is_dir() else []
-                    ex_img = ASSETS / "examples" / "kitchen.png"
+                    examples = [p for p in sorted((ASSETS / "examples").glob("*.wav")) if not p.stem.startswith("stop")]
+                    ex_img = ASSETS / "examples" / "house.png"
                     if examples:
                         gr.Examples([[str(p), str(ex_img) if "image" in p.stem and ex_img.exists() else None]
                                      for p in examples], inputs=[up_audio, up_image], label="Examples")
@@ -472,9 +472,10 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                     stop_btn = gr.Button("⏹ Stop answer", elem_id="stop")
                     clear_btn = gr.Button("Clear", elem_id="clear")
                     export_btn = gr.Button("⬇ Export conversation", elem_id="export")
-                export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False)
-                latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn", elem_id="latency",
-                                       interactive=False, wrap=True)
+                export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False, height=90)
+        latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn (first audio: from the end of "
+                               "your speech; onset→silence: from your barge-in to quiet output)",
+                               elem_id="latency", interactive=False, wrap=True)
         with gr.Accordion("Interruption and turn-taking settings", open=False):
             with gr.Row():
                 policy = gr.Radio(["command", "any", "off"], value=cfg.policy, label="Barge-in policy",
