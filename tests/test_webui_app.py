@@ -1,0 +1,34 @@
+"""app.py: helpful --help, a clear message (not a traceback) when the checkpoint is missing, bad options refused."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_help_lists_the_options():
+    r = run("--help")
+    assert r.returncode == 0
+    for opt in ("--checkpoint", "--download", "--device", "--dtype", "--quantize", "--host", "--port", "--share",
+                "--policy", "--asr", "tiny", "127.0.0.1"):
+        assert opt in r.stdout, opt
+
+
+def test_missing_checkpoint_explains_how_to_get_one(tmp_path):
+    r = run("--checkpoint", str(tmp_path / "nothing-here"))
+    assert r.returncode == 2
+    assert "No checkpoint" in r.stderr and "--download" in r.stderr and "--checkpoint tiny" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_option_values_are_refused():
+    r = run("--checkpoint", "tiny", "--end-silence", "-3")
+    assert r.returncode == 2 and "Bad option" in r.stderr and "Traceback" not in r.stderr
+    r = run("--policy", "sometimes")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
