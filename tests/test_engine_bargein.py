@@ -107,3 +107,20 @@ def test_policy_off_is_half_duplex(transcriber, tmp_path):
     assert s.interrupts == 0 and [t.status for t in s.history] == ["done"]
     assert model.cancelled == 0
     engine.close()
+
+
+class InstantStop:
+    """An ASR that answers at once: the command is confirmed before the utterance's end-of-turn silence."""
+
+    name = "instant"
+
+    def transcribe(self, audio):
+        return "stop omni" if len(audio) > 8000 else ""
+
+
+def test_a_fast_command_is_not_taken_as_the_next_turn(tmp_path):
+    model, engine, s = make(InstantStop(), tmp_path)
+    run_realtime(s, question_then(8.0, speech("stop omni"), 2.0))
+    assert s.interrupts == 1 and len(s.history) == 1  # "stop omni" cancelled; it was not answered
+    assert len(model.calls) == 1
+    engine.close()

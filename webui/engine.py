@@ -634,7 +634,10 @@ class Session:
                 return
             if res.is_command:
                 barge["command"] = True
+                still_speaking = self._barge is barge
                 self._interrupt(f"command: {res.transcript}", barge["onset"], res, end_wall)
+                if still_speaking:
+                    self._barge = barge  # the rest of this utterance is the command, never a new turn
                 return
             pending = barge.get("pending")
             barge["pending"] = None
