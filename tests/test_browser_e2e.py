@@ -276,4 +276,13 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         latency = page.locator("#latency")
         wait_for(lambda: "hello" in page.locator("#chat").inner_text() and "T1T2" in latency.inner_text()
                  and "done" in latency.inner_text(), 60, page, "the typed turn to finish")
+        # and an uploaded question with a picture (the example files) is answered too
+        page.get_by_text("Upload audio / image").click()
+        page.locator("#upload-audio input[type=file]").set_input_files(str(ROOT / "assets/examples/describe_the_image.wav"))
+        page.locator("#upload-image input[type=file]").set_input_files(str(ROOT / "assets/examples/house.png"))
+        page.wait_for_timeout(1000)
+        page.locator("#upload-send").click()
+        wait_for(lambda: "IMAGE_A1A2" in latency.inner_text() and latency.inner_text().count("done") >= 2, 60, page,
+                 "the upload turn to finish")
+        assert "audio upload" in page.locator("#chat").inner_text()
         ctx.close()

@@ -60,3 +60,13 @@ def test_real_asr_hears_stop_omni(real_checker):
 def test_real_asr_rejects_non_commands(real_checker, audio):
     res = real_checker.check(audio)
     assert not res.is_command, res.transcript
+
+
+def test_whisper_from_the_checkpoint_small_pt(tmp_path):
+    from webui.gradio_app import tiny_checkpoint_dir
+
+    tr = make_transcriber("whisper", str(tiny_checkpoint_dir()))  # random tiny weights: the code path, not accuracy
+    assert isinstance(tr.transcribe(speech("stop omni")), str)
+    with pytest.raises(FileNotFoundError, match="small.pt"):
+        make_transcriber("whisper", str(tmp_path))
+    assert make_transcriber("none") is None
