@@ -33,7 +33,8 @@ STOP_AT = 13.5  # where "stop omni" starts in the file (the answer is playing by
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
-         "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
+         "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+         "--allow-loopback-in-peer-connection"]  # CI sandboxes may have no other interface
 
 # Record every RTCPeerConnection, when getUserMedia ran, and the loudness of the assistant's speech as the
 # page receives it (WebAudio analyser on the WebRTC stream; works with Playwright's --mute-audio).

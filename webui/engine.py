@@ -827,7 +827,9 @@ class Session:
         try:
             while turn is self._current and turn.status != "interrupted" and not self.closed:
                 ahead = sum(len(c) for c in self._playback) / OUT_RATE
-                if ahead <= limit:
+                # while paused for a possible stop command, leave the CPU to the command check
+                checking = self._ducked and time.monotonic() - t0 < self.config.command_max_s + 2.0
+                if ahead <= limit and not checking:
                     return
                 self._cond.wait(0.05)
         finally:
