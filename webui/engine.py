@@ -1023,9 +1023,13 @@ def load_audio(audio) -> tuple[int, np.ndarray]:
             raise
         except Exception:
             try:
+                import warnings
+
                 import librosa
 
-                a, sr = librosa.load(str(p), sr=16000, mono=True, duration=MAX_UPLOAD_AUDIO_S + 1)
+                with warnings.catch_warnings():  # librosa warns before falling back to audioread (mp3, m4a)
+                    warnings.simplefilter("ignore")
+                    a, sr = librosa.load(str(p), sr=16000, mono=True, duration=MAX_UPLOAD_AUDIO_S + 1)
                 a = a[:, None]
             except Exception:
                 raise ValueError("That file is not audio I can read (try WAV, FLAC, OGG or MP3).") from None
