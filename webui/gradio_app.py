@@ -354,18 +354,18 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     def tick(sid, last_version):
         s = sess(sid)
         if s is None:
-            return gr.skip(), render_status(app, None), gr.skip(), last_version, gr.skip()
+            return gr.skip(), render_status(app, None), gr.skip(), last_version, gr.skip(), gr.skip()
         snap = s.snapshot()
         status = render_status(app, snap)
         if snap["version"] == last_version:
-            return gr.skip(), status, gr.skip(), last_version, gr.skip()
+            return gr.skip(), status, gr.skip(), last_version, gr.skip(), gr.skip()
         turns = snap["turns"]
         last_audio = gr.skip()
         if turns and not s.live_audio:
             t = turns[-1]
             if t.status == "done" and "assistant_audio" in t.files:
                 last_audio = t.files["assistant_audio"]  # no live voice connection: play the answer here
-        return render_chat(turns), status, render_latency(turns), snap["version"], last_audio
+        return render_chat(turns), status, render_latency(turns), snap["version"], last_audio, s.interrupts
 
     def need_session(sid) -> Session:
         s = sess(sid)
@@ -433,6 +433,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     with gr.Blocks(title=title, css=CSS, head=HEAD_JS, theme=gr.themes.Soft()) as demo:
         sid = gr.State(None, delete_callback=lambda v: app.close_session(v))
         version = gr.State(-1)
+        interrupts = gr.Number(0, visible=False)  # a change pauses replays playing in the page (browser-side flush)
         gr.Markdown(f"# {title}\nTalk, show your webcam, upload a picture or type. Answers stream as speech and text; "
                     "say **“stop omni”** to interrupt.")
         if banner:
@@ -498,8 +499,9 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
 
         demo.load(on_load, outputs=[sid])
         timer = gr.Timer(0.25)
-        timer.tick(tick, [sid, version], [chat, status, latency, version, last_audio], show_progress="hidden",
-                   concurrency_limit=None, queue=True)
+        timer.tick(tick, [sid, version], [chat, status, latency, version, last_audio, interrupts],
+                   show_progress="hidden", concurrency_limit=None, queue=True)
+        interrupts.change(None, None, None, js=PAUSE_REPLAYS_JS)
         voice.stream(fn=make_voice_handler(app), inputs=[voice, sid], outputs=[voice], time_limit=None,
                      concurrency_limit=app.opts.max_voice)
         webcam.stream(on_frame, [sid, webcam], None, stream_every=0.5, time_limit=None, show_progress="hidden",
