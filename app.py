@@ -14,7 +14,7 @@ from pathlib import Path
 HF_REPO = "gpt-omni/mini-omni2"
 TINY_BANNER = ("⚠️ **Random weights — answers are noise.** This is the tiny test checkpoint (`--checkpoint tiny`); "
                "it exercises the whole pipeline offline. Start with `--checkpoint checkpoints/` for real answers.")
-REQUIRED = ("lit_model.pth", "model_config.yaml", "small.pt", "ViT-B-32.pt")
+REQUIRED = ("lit_model.pth", "model_config.yaml", "small.pt", "ViT-B-32.pt", "snac_24khz")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="checkpoint folder in the official layout (default: checkpoints/), or 'tiny' for a random "
                         "tiny model built on the fly (answers are noise; used by tests)")
     p.add_argument("--download", action="store_true",
-                   help=f"download the official weights ({HF_REPO}, about 3 GB) into --checkpoint if they are missing")
+                   help=f"download the official weights ({HF_REPO} + SNAC, a few GB, checksummed) into --checkpoint "
+                        "if they are missing")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights dtype (default float32; bfloat16 is slower on most CPUs)")
@@ -75,20 +76,19 @@ def ensure_checkpoint(args) -> str | None:
     if not missing:
         return None
     if not args.download and sys.stdin.isatty():
-        ans = input(f"No checkpoint in {d}/ (missing {', '.join(missing)}). Download {HF_REPO} (~3 GB) now? [y/N] ")
+        ans = input(f"No checkpoint in {d}/ (missing {', '.join(missing)}). Download {HF_REPO} now? [y/N] ")
         args.download = ans.strip().lower() in ("y", "yes")
     if not args.download:
         return (f"No checkpoint in {d}/ (missing: {', '.join(missing)}).\n"
-                f"  Download it:   python app.py --download        (or: huggingface-cli download {HF_REPO} "
-                f"--local-dir {d})\n"
+                f"  Download it:   python app.py --download   (or: python -m omni download --dir {d})\n"
                 f"  Or try the UI: python app.py --checkpoint tiny  (random weights, offline)")
     try:
-        from huggingface_hub import snapshot_download
+        from omni.download import download
 
         print(f"Downloading {HF_REPO} into {d}/ …", flush=True)
-        snapshot_download(HF_REPO, local_dir=str(d))  # shows tqdm progress bars
+        download(d)  # per-file progress bars, checksums of the official files
     except Exception as e:
-        return f"Download failed: {e}\nCheck the network, or download {HF_REPO} by hand into {d}/."
+        return f"Download failed: {e}\nCheck the network, or see checkpoints/README.md to fetch the files by hand."
     missing = [f for f in REQUIRED if not (d / f).exists()]
     return f"The download finished but {', '.join(missing)} are still missing in {d}/." if missing else None
 
