@@ -182,7 +182,14 @@ def tiny_checkpoint_dir(seed: int = 0) -> Path:
 
     import omni
 
-    d = Path(tempfile.gettempdir()) / f"mini-omni2-tiny-seed{seed}"
+    # keyed by the generator's source, so a changed tiny layout never meets a stale cached copy
+    import hashlib
+    import inspect
+
+    import omni.tiny
+
+    tag = hashlib.sha1(inspect.getsource(omni.tiny).encode()).hexdigest()[:10]
+    d = Path(tempfile.gettempdir()) / f"mini-omni2-tiny-seed{seed}-{tag}"
     if not (d / "lit_model.pth").exists() or not (d / "snac_24khz").exists():
         tmp = d.with_name(d.name + f".part{uuid.uuid4().hex[:6]}")
         omni.make_tiny_checkpoint(tmp, seed=seed)
