@@ -286,4 +286,12 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         wait_for(lambda: "IMAGE_A1A2" in latency.inner_text() and latency.inner_text().count("done") >= 2, 60, page,
                  "the upload turn to finish")
         assert "audio upload" in page.locator("#chat").inner_text()
+        # settings apply to this session; a bad phrase list is refused with a message
+        page.get_by_text("Interruption and turn-taking settings").click()
+        page.get_by_text("off", exact=True).click()
+        page.locator("#apply").click()
+        wait_for(lambda: "policy off" in page.locator("#settings-note").inner_text(), 15, page, "settings applied")
+        page.locator("#phrases textarea").fill(" , ")
+        page.locator("#apply").click()
+        wait_for(lambda: "at least one stop phrase" in page.locator("body").inner_text(), 15, page, "the error")
         ctx.close()

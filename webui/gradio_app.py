@@ -434,7 +434,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                             echo_guard_s=float(guard), multi_turn=bool(multi_turn), max_new_tokens=int(max_tokens))
         except ValueError as e:
             raise gr.Error(str(e))
-        return f"Settings applied: policy **{policy}**, stop phrases: {', '.join(ph)}."
+        return f"Settings applied: policy {policy}; stop phrases: {', '.join(ph)}."
 
     cfg = app.opts.config or EngineConfig()
     with gr.Blocks(title=title, css=CSS, head=HEAD_JS, theme=gr.themes.Soft()) as demo:
@@ -489,7 +489,8 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                 policy = gr.Radio(["command", "any", "off"], value=cfg.policy, label="Barge-in policy",
                                   info="command: only stop phrases interrupt · any: any speech interrupts and becomes "
                                        "the next turn · off: half-duplex (use with speakers, no headset)")
-                phrases = gr.Textbox(", ".join(cfg.phrases), label="Stop phrases (comma-separated)")
+                phrases = gr.Textbox(", ".join(cfg.phrases), label="Stop phrases (comma-separated)",
+                                     elem_id="phrases")
                 duck = gr.Checkbox(cfg.duck_on_speech, label="Pause playback while I speak (resume if not a command)")
             with gr.Row():
                 end_silence = gr.Slider(0.2, 2.0, cfg.vad.end_silence_s, step=0.05, label="End-of-turn silence (s)")
@@ -502,7 +503,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                                          "weights are single-turn)")
                 max_tokens = gr.Slider(16, 2048, cfg.max_new_tokens, step=16, label="Max new tokens")
                 apply = gr.Button("Apply settings", elem_id="apply")
-            settings_note = gr.Markdown()
+            settings_note = gr.Markdown(elem_id="settings-note")
 
         demo.load(on_load, outputs=[sid])
         timer = gr.Timer(0.25)
