@@ -100,11 +100,7 @@ def cmd_generate(a) -> int:
           f"stop: {s.stop_reason}" + (f", first audio {s.time_to_first_audio_s:.2f} s" if s.time_to_first_audio_s
                                       else ""), file=sys.stderr)
     if a.tokens_json:
-        speech = a.task in SPEECH_TASKS
-        out = {"task": a.task, "prompt_length": result.prompt_length,
-               "text": result.text_ids if speech else [t for t in result.text_ids[:_end(result, model)]],
-               "audio": result.audio_ids if speech else []}
-        Path(a.tokens_json).write_text(json.dumps(out))
+        Path(a.tokens_json).write_text(json.dumps(model.token_record(result)))
     if a.out_wav:
         if a.task not in SPEECH_TASKS:
             print(f"[omni] task {a.task} answers in text only; no speech written to {a.out_wav}", file=sys.stderr)
@@ -135,10 +131,6 @@ def _check_inputs(a):
         if path and not Path(path).resolve().parent.is_dir():
             raise OmniInputError(f"{flag}: folder {Path(path).resolve().parent} does not exist")
     return audio, image
-
-
-def _end(result, model) -> int:
-    return model._text_end(result.text_ids, speech=False)
 
 
 def cmd_tiny(a) -> int:

@@ -267,16 +267,28 @@ class Omni:
                 return i
         return len(text_ids)
 
+    def token_record(self, result: Result) -> dict:
+        """The `--tokens-json` contract: {task, prompt_length, text: [ids], audio: [[ids] x 7]}.
+
+        Speech tasks: every entry as fed back (audio local ids from row 0, text after eot->pad forcing).
+        Text tasks: the text ids before the first eot that ends the answer, audio [].
+        """
+        speech = result.task in SPEECH_TASKS
+        text = result.text_ids if speech else result.text_ids[: self._text_end(result.text_ids, speech=False)]
+        return {"task": result.task, "prompt_length": result.prompt_length, "text": list(text),
+                "audio": result.audio_ids if speech else []}
+
     def generate(self, task: str, audio=None, image=None, text=None, options: DecodingOptions | None = None,
-                 cancel: threading.Event | None = None) -> Result:
-        """Run a whole request. Speech is decoded in one SNAC call at the end (the best quality)."""
+                 cancel: threading.Event | None = None, decode_audio: bool = True) -> Result:
+        """Run a whole request. Speech is decoded in one SNAC call at the end (the best quality);
+        decode_audio=False returns tokens only."""
         result = None
         for ev in self.stream(task, audio, image, text, options, stride=10**9, mode="official", cancel=cancel,
                               overlap=False):
             if isinstance(ev, Finished):
                 result = ev.result
         assert result is not None
-        if task in SPEECH_TASKS:
+        if task in SPEECH_TASKS and decode_audio:
             result.audio = decode_frames(self.snac, frames_from_delayed(result.audio_ids), self.vocab.n_codes)
             result.stats.audio_seconds = len(result.audio) / 24000
         return result

@@ -41,7 +41,9 @@ def _randn(gen: torch.Generator, *shape, std: float = 0.02) -> torch.Tensor:
 
 
 def write_lm(path: Path, cfg: dict, gen: torch.Generator) -> None:
-    from .config import ModelConfig
+    """Random LM weights scaled so greedy outputs vary, and with the eot/eoa rows boosted so that random models
+    still end their answers now and then (tests see the stop rules happen on a real forward pass)."""
+    from .config import ModelConfig, Vocab
     from .model import OmniLM
 
     c = ModelConfig.from_dict(cfg)
@@ -56,10 +58,15 @@ def write_lm(path: Path, cfg: dict, gen: torch.Generator) -> None:
         elif k.endswith(".bias"):
             state[k] = _randn(gen, *shape, std=0.1)
         elif k == "transformer.wte.weight":
-            state[k] = _randn(gen, *shape, std=1.0)  # large enough that every row matters in the mean of 8
+            state[k] = _randn(gen, *shape, std=0.5)
         else:
-            state[k] = _randn(gen, *shape, std=1.0 / shape[-1] ** 0.5)
-    state["lm_head.weight"] = state["transformer.wte.weight"].clone()  # stored twice, as in the official file
+            state[k] = _randn(gen, *shape, std=4.0 / shape[-1] ** 0.5)
+    v = Vocab.of(c)
+    wte = state["transformer.wte.weight"]
+    wte[v.eot] *= 2.0
+    for layer in range(7):
+        wte[v.layershift(v.eoa, layer)] *= 2.0
+    state["lm_head.weight"] = wte.clone()  # stored twice, as in the official file
     torch.save(state, path)
 
 
@@ -127,7 +134,7 @@ def write_clip(path: Path, dims: dict, gen: torch.Generator) -> None:
                 name.endswith("weight")
             std = 0.02 if p.ndim < 2 else 1.0 / p.shape[-1] ** 0.5
             p.copy_(_randn(gen, *p.shape, std=std) + (1.0 if is_norm_w else 0.0))
-    torch.jit.save(torch.jit.script(model), str(path))
+    torch.jit.save(torch.jit.script(model.half()), str(path))  # OpenAI's archive is fp16 too
 
 
 def write_snac(snac_dir: Path, config: dict, gen: torch.Generator) -> None:

@@ -118,8 +118,17 @@ def load_clip_state(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _fp16_rounded(key: str) -> bool:
+    """Tensors that the official CLIP loader converts to fp16 (then back to fp32 on the CPU)."""
+    if key in ("proj", "conv1.weight"):
+        return True
+    return key.startswith("transformer.") and ("attn." in key or ".mlp." in key)
+
+
 def load_vision_encoder(path: Path) -> VisionTransformer:
     sd = load_clip_state(path)
+    # Same values as the official path for any archive: a no-op for OpenAI's fp16 file, not for an fp32 one.
+    sd = {k: v.half().float() if _fp16_rounded(k) else v for k, v in sd.items()}
     dims = VisionDimensions.from_state_dict(sd)
     model = VisionTransformer(dims)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)

@@ -39,7 +39,7 @@ def test_generate_writes_the_token_json_contract(tiny_ckpt, tiny_model, media, t
         import soundfile as sf
 
         data, sr = sf.read(wav)
-        assert sr == 24000 and len(data) == (len(got["text"]) - 7) * 2048
+        assert sr == 24000 and len(data) == max(0, len(got["text"]) - 7) * 2048
     else:
         assert got["audio"] == [] and len(got["text"]) <= 20
         assert omni.tokens.TASKS and 151936 not in got["text"][1:]

@@ -41,16 +41,18 @@ def test_stream_and_generate_give_the_same_tokens_in_both_modes(tiny_model, medi
 
 
 def test_official_chunking_drops_the_tail_and_smooth_mode_keeps_it(tiny_model, media):
-    n_frames = N - 7  # budget-limited with random weights: 17 complete frames
-    off = list(tiny_model.stream("T1A2", text="hello", options=OPTS, mode="official", stride=4))
+    q = dict(audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=N))
+    off = list(tiny_model.stream("A1A2", mode="official", stride=4, **q))
+    n_frames = len(off[-1].result.text_ids) - 7
+    assert n_frames >= 9  # enough for two chunks and a tail
     chunks = [e.pcm for e in off if isinstance(e, AudioChunk)]
-    assert [len(c) for c in chunks] == [4 * 2048] * (n_frames // 4)  # 16,384-byte chunks, tail of 1 frame lost
-    smooth = list(tiny_model.stream("T1A2", text="hello", options=OPTS, mode="smooth", stride=4))
+    assert [len(c) for c in chunks] == [4 * 2048] * (n_frames // 4)  # 16,384-byte chunks, the tail is lost
+    smooth = list(tiny_model.stream("A1A2", mode="smooth", stride=4, **q))
     total = sum(len(e.pcm) for e in smooth if isinstance(e, AudioChunk))
     assert total == n_frames * 2048
     fin = smooth[-1]
     assert isinstance(fin, Finished) and fin.stats.audio_seconds == pytest.approx(total / 24000)
-    assert fin.stats.time_to_first_audio_s is not None and fin.stats.steps == N - 1
+    assert fin.stats.time_to_first_audio_s is not None and fin.stats.steps == n_frames + 6
 
 
 def test_smooth_chunks_join_without_clicks(tiny_model):
