@@ -86,7 +86,10 @@ def load_lm(checkpoint_dir: Path, cfg: ModelConfig) -> OmniLM:
         # the official model ties the two; loading there leaves wte's values in the shared matrix
         warnings.warn(f"{path}: lm_head.weight differs from transformer.wte.weight; using wte for both "
                       "(as the official tied model does)", stacklevel=2)
-    state = {k: (wte if k == "lm_head.weight" else v).float() for k, v in state.items()}
+    # Copy out of the memory map into ordinary memory, one tensor at a time (peak = model + one tensor):
+    # file-backed pages can be dropped by the kernel under memory pressure and re-read from disk mid-decode.
+    state = {k: v.to(torch.float32, copy=True) for k, v in state.items() if k != "lm_head.weight"}
+    state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied Parameter
     return model.eval()
