@@ -59,10 +59,12 @@ def verify_known_file(path: Path) -> None:
 
 
 def load_lm(checkpoint_dir: Path, cfg: ModelConfig) -> OmniLM:
-    """Build the LM and load lit_model.pth with strict key and shape checks (memory-mapped, fp32)."""
+    """Build the LM and load lit_model.pth with strict key and shape checks (fp32)."""
     path = Path(checkpoint_dir) / "lit_model.pth"
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        # Not memory-mapped: pages of a mapping count towards RSS on top of the copies, and file-backed pages
+        # can be dropped under memory pressure and re-read from disk mid-decode.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
                               "Download it again.") from None
@@ -86,9 +88,7 @@ def load_lm(checkpoint_dir: Path, cfg: ModelConfig) -> OmniLM:
         # the official model ties the two; loading there leaves wte's values in the shared matrix
         warnings.warn(f"{path}: lm_head.weight differs from transformer.wte.weight; using wte for both "
                       "(as the official tied model does)", stacklevel=2)
-    # Copy out of the memory map into ordinary memory, one tensor at a time (peak = model + one tensor):
-    # file-backed pages can be dropped by the kernel under memory pressure and re-read from disk mid-decode.
-    state = {k: v.to(torch.float32, copy=True) for k, v in state.items() if k != "lm_head.weight"}
+    state = {k: v.float() for k, v in state.items() if k != "lm_head.weight"}  # the stored head copy is freed
     state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied Parameter
