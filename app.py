@@ -67,6 +67,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def is_tiny(checkpoint: str) -> bool:
+    """A test-sized checkpoint (random weights): the official model is 896 wide."""
+    if checkpoint == "tiny":
+        return True
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((Path(checkpoint) / "model_config.yaml").read_text())
+        return int(cfg.get("n_embd", 896)) < 512
+    except Exception:
+        return False
+
+
 def ensure_checkpoint(args) -> str | None:
     """Return an error message if the checkpoint is missing and was not downloaded."""
     if args.checkpoint == "tiny":
@@ -122,13 +135,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
-    tiny = args.checkpoint == "tiny"
-    app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=tiny, device=args.device, dtype=args.dtype,
+    app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=args.checkpoint == "tiny", device=args.device, dtype=args.dtype,
                               quantize=args.quantize, asr=args.asr, recordings=args.recordings,
                               events_path=args.events, max_voice=args.max_voice, config=config))
     app.load_in_background()  # the page comes up at once and shows loading progress
     print(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)", flush=True)
-    launch(app, host=args.host, port=args.port, share=args.share, banner=TINY_BANNER if tiny else None)
+    launch(app, host=args.host, port=args.port, share=args.share,
+           banner=TINY_BANNER if is_tiny(args.checkpoint) else None)
     return 0
 
 

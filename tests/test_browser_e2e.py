@@ -95,12 +95,33 @@ def media(tmp_path_factory):
     return d, ev[1].t_start
 
 
+def endless_tiny_checkpoint(d: Path) -> Path:
+    """The tiny random checkpoint with its end-of-audio rows zeroed: answers run to the token budget, so one is
+    always playing when the fake user says "stop omni" (random tiny weights otherwise stop at random points)."""
+    import torch
+    import yaml
+
+    import omni
+    from omni.config import ModelConfig, Vocab
+
+    omni.make_tiny_checkpoint(d, seed=0)
+    v = Vocab.of(ModelConfig.from_dict(yaml.safe_load((d / "model_config.yaml").read_text())))
+    state = torch.load(d / "lit_model.pth", map_location="cpu")
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        if key in state:
+            for layer in range(7):
+                state[key][v.layershift(v.eoa, layer)] = 0.0
+    torch.save(state, d / "lit_model.pth")
+    return d
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
+    ckpt = endless_tiny_checkpoint(tmp / "tiny")
     port, events = free_port(), tmp / "events.jsonl"
     log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", "tiny", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(ckpt), "--port", str(port),
                              "--events", str(events), "--recordings", str(tmp / "rec"), "--max-new-tokens", "400"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

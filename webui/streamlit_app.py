@@ -85,7 +85,7 @@ def stream_answer(s: Session, turn) -> None:
             if turn.status == "queued" and pos:
                 box.markdown(f"⏳ waiting for the model — position {pos} in the queue")
             else:
-                box.markdown((turn.assistant_text or "") + ("" if done else " ▌"))
+                box.markdown((turn.assistant_text or ("" if not done else "(no text)")) + ("" if done else " ▌"))
             if done:
                 break
             time.sleep(0.1)
