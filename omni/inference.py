@@ -107,6 +107,8 @@ class Omni:
 
             say("quantising linear layers to int8 ...")
             quantize_int8(self)
+        if self.device.type == "cpu" and not self.quantize and self.dtype == torch.float32:
+            self.lm.use_transposed_weights()
         self.lm.to(self.device, self.dtype)
         self.clip.to(self.device, self.dtype)
         self.whisper.to(self.device)  # fp32 always (as the official code; whisper's LayerNorm needs fp32 on CPU)

@@ -39,6 +39,20 @@ class SwiGLU(nn.Module):
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
 
 
+class TransposedLinear(nn.Module):
+    """A Linear stored as W^T (in x out). On CPU, MKL runs the 1-2 row products of decoding ~1.5x faster
+    this way than F.linear on the usual (out x in) layout; the result differs only in summation order."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__()
+        self.weight_t = nn.Parameter(lin.weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = lin.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
 class KVCache:
     """Static per-layer key/value buffers [batch, n_query_groups, capacity, head_size]."""
 
@@ -126,13 +140,14 @@ class OmniLM(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # tied: wte is the shared matrix (spec 1.5)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.split_heads: nn.ModuleList | None = None  # set by quantisation: [text head, audio heads]
+        self.heads_t: tuple[torch.Tensor, torch.Tensor] | None = None  # set by use_transposed_weights()
 
     # -- inputs -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
               audio_slots: tuple[int, int] | None = None, image_features: torch.Tensor | None = None,
               image_slots: tuple[int, int] | None = None) -> torch.Tensor:
         """ids [B, 8, L] -> mean of the 8 row embeddings [B, L, D]; adapted features replace the audio rows' slots."""
-        emb = self.transformer.wte(ids)  # [B, 8, L, D]
+        emb = self.token_embedding(ids)  # [B, 8, L, D]
         for feats, slots, adapter in ((audio_features, audio_slots, self.whisper_adapter),
                                       (image_features, image_slots, self.vision_adapter)):
             if feats is None or slots is None:
@@ -144,9 +159,39 @@ class OmniLM(nn.Module):
 
     def embed_step(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, 8] (one position) -> [B, 1, D]."""
-        return (self.transformer.wte(ids).sum(dim=1) / ids.shape[1]).unsqueeze(1)
+        return (self.token_embedding(ids).sum(dim=1) / ids.shape[1]).unsqueeze(1)
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.heads_t is None:
+            return self.transformer.wte(ids)
+        text_t, audio_t = self.heads_t  # the tied matrix, stored transposed: gather columns
+        flat = ids.reshape(-1)
+        out = torch.empty(flat.numel(), text_t.shape[0], dtype=text_t.dtype, device=text_t.device)
+        is_text = flat < text_t.shape[1]
+        out[is_text] = text_t[:, flat[is_text]].t()
+        out[~is_text] = audio_t[:, flat[~is_text] - text_t.shape[1]].t()
+        return out.view(*ids.shape, -1)
+
+    def use_transposed_weights(self) -> None:
+        """Switch the body's linear layers and the tied head/embedding to the W^T layout (CPU decoding)."""
+        for block in self.transformer.h:
+            for parent, name in ((block.attn, "attn"), (block.attn, "proj"), (block.mlp, "fc_1"), (block.mlp, "fc_2"),
+                                 (block.mlp, "proj")):
+                setattr(parent, name, TransposedLinear(getattr(parent, name)))
+        w = self.transformer.wte.weight.detach()
+        t = self.cfg.text_vocab_size
+        self.heads_t = (w[:t].t().contiguous(), w[t:].t().contiguous())
+        empty = nn.Parameter(torch.empty(0, w.shape[1], dtype=w.dtype, device=w.device), requires_grad=False)
+        self.transformer.wte.weight = empty  # the [V, D] copy is not needed any more
+        self.lm_head.weight = empty
 
     # -- body ---------------------------------------------------------------------------------------
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        if self.heads_t is not None:  # plain tensors, not parameters: move them too
+            self.heads_t = tuple(t.to(*args, **kwargs) for t in self.heads_t)
+        return out
+
     def rope(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rope is None or self._rope[0].device != torch.device(device):
             self._rope = rope_cache(self.cfg, device)
@@ -172,12 +217,16 @@ class OmniLM(nn.Module):
         """[..., D] -> [..., text_vocab_size]: only the text columns of the head are computed."""
         if self.split_heads is not None:  # separate (e.g. quantised) copies of the two head slices
             return self.split_heads[0](h)
+        if self.heads_t is not None:
+            return h @ self.heads_t[0]
         return F.linear(h, self.lm_head.weight[: self.cfg.text_vocab_size])
 
     def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., 7, audio_vocab_size]."""
         if self.split_heads is not None:
             out = self.split_heads[1](h)
+        elif self.heads_t is not None:
+            out = h @ self.heads_t[1]
         else:
             out = F.linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
         return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)

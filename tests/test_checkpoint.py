@@ -97,7 +97,13 @@ def test_untied_head_warns_and_wte_is_used(ckpt_copy):
     sd = torch.load(ckpt_copy / "lit_model.pth", weights_only=True)
     sd["lm_head.weight"] = sd["lm_head.weight"] + 1.0
     torch.save(sd, ckpt_copy / "lit_model.pth")
+    from omni.checkpoint import load_lm
+    from omni.config import ModelConfig
+
     with pytest.warns(UserWarning, match="using wte for both"):
-        m = omni.load_model(ckpt_copy)
-    assert torch.equal(m.lm.lm_head.weight, sd["transformer.wte.weight"])
-    assert m.lm.lm_head.weight is m.lm.transformer.wte.weight
+        lm = load_lm(ckpt_copy, ModelConfig.from_file(ckpt_copy / "model_config.yaml"))
+    assert torch.equal(lm.lm_head.weight, sd["transformer.wte.weight"])
+    assert lm.lm_head.weight is lm.transformer.wte.weight
+    with pytest.warns(UserWarning, match="using wte for both"):
+        m = omni.load_model(ckpt_copy)  # the CPU layout holds the same matrix, transposed
+    assert torch.equal(torch.cat(m.lm.heads_t, dim=1).t(), sd["transformer.wte.weight"])

@@ -2,6 +2,7 @@
 transformers' CLIPVisionModel for the image encoder, openai-whisper's own loader for the audio encoder."""
 
 import numpy as np
+import pytest
 import torch
 
 from omni.tokens import build_prompt
@@ -42,12 +43,18 @@ def qwen2_reference(lm):
     return hf.eval()
 
 
+@pytest.mark.parametrize("layout", ["standard", "transposed"])
 @torch.inference_mode()
-def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_model, media):
-    m = tiny_model
-    lm = m.lm
+def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_model, tiny_ckpt, layout):
+    from omni.checkpoint import load_lm
+
+    lm = load_lm(tiny_ckpt, tiny_model.cfg)
     hf = qwen2_reference(lm)
-    prompt, x = m.prepare("A1A2", audio=media["speech16k"])
+    if layout == "transposed":  # the CPU fp32 decoding layout
+        lm.use_transposed_weights()
+    prompt = build_prompt("A1A2", tiny_model.vocab, n_frames=20)
+    feats = torch.randn(20, lm.cfg.whisper_adapter_dim, generator=torch.Generator().manual_seed(1))
+    x = lm.embed(prompt.ids, feats, prompt.audio_slots)
     # 3 decode positions after the prompt, with arbitrary ids
     step_ids = torch.randint(0, lm.cfg.padded_vocab_size, (3, 2, 8), generator=torch.Generator().manual_seed(0))
     steps = [lm.embed_step(ids) for ids in step_ids]
@@ -68,8 +75,10 @@ def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_mo
 
 
 @torch.inference_mode()
-def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model):
-    lm = tiny_model.lm
+def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model, tiny_ckpt):
+    from omni.checkpoint import load_lm
+
+    lm = load_lm(tiny_ckpt, tiny_model.cfg)
     p = build_prompt("A1T2", tiny_model.vocab, n_frames=4)
     feats = torch.randn(4, lm.cfg.whisper_adapter_dim)
     x = lm.embed(p.ids, feats, p.audio_slots)
@@ -80,6 +89,8 @@ def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model
     assert torch.allclose(x[0, pos], want, atol=1e-5)
     want0 = wte[p.ids[0, :, 0]].sum(0) / 8  # position 0 (input_a) keeps its token embeddings
     assert torch.allclose(x[0, 0], want0, atol=1e-6)
+    lm.use_transposed_weights()  # the transposed layout gathers the same embeddings
+    assert torch.allclose(lm.embed(p.ids, feats, p.audio_slots), x, atol=1e-6)
 
 
 @torch.inference_mode()
