@@ -104,18 +104,19 @@ def load_whisper_encoder(path: Path):
     from whisper.model import AudioEncoder, ModelDimensions
 
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)  # only encoder pages are read
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read the Whisper checkpoint ({type(e).__name__}). Download it again.") from None
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
     dims = ModelDimensions(**ckpt["dims"])
-    enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
+    with torch.device("meta"):  # no throw-away random init: the weights come from the file
+        enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
     sd = {k[len("encoder."):]: v.float() for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
     want = enc.state_dict()
     missing = sorted(set(want) - set(sd))
     bad = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
     if missing or bad:
         raise CheckpointError(f"{path}: Whisper encoder keys missing {missing[:4]} or mis-shaped {bad[:4]}")
-    enc.load_state_dict(sd, strict=False)  # positional_embedding is a buffer: loaded from the file, not recomputed
+    enc.load_state_dict(sd, strict=False, assign=True)  # positional_embedding too: from the file, not recomputed
     return enc.eval(), dims

@@ -36,6 +36,16 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return dev
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed after loading back to the OS (glibc keeps it otherwise): lowers resident memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _progress(enabled: bool):
     def say(msg: str) -> None:
         if enabled:
@@ -87,19 +97,24 @@ class Omni:
         except Exception as e:
             raise CheckpointError(f"{self.checkpoint_dir / 'tokenizer.json'}: not a tokenizers file ({e})") from None
         say("loading language model (lit_model.pth) ...")
-        self.lm = load_lm(self.checkpoint_dir, self.cfg)
+        # CPU fp32 keeps the weights transposed (faster decode-size products on MKL); see model.TransposedLinear
+        cpu_fp32 = self.device.type == "cpu" and not self.quantize and self.dtype == torch.float32
+        self.lm = load_lm(self.checkpoint_dir, self.cfg, transposed=cpu_fp32)
+        release_freed_memory()
         say("loading Whisper encoder (small.pt) ...")
         verify_known_file(self.checkpoint_dir / "small.pt")
         self.whisper, self.whisper_dims = audio_io.load_whisper_encoder(self.checkpoint_dir / "small.pt")
         if self.whisper_dims.n_audio_state != self.cfg.whisper_adapter_dim:
             raise CheckpointError(f"small.pt has width {self.whisper_dims.n_audio_state} but model_config.yaml says "
                                   f"whisper_adapter_dim {self.cfg.whisper_adapter_dim}")
+        release_freed_memory()
         say("loading CLIP image encoder (ViT-B-32.pt) ...")
         verify_known_file(self.checkpoint_dir / "ViT-B-32.pt")
         self.clip = load_vision_encoder(self.checkpoint_dir / "ViT-B-32.pt")
         if self.clip.dims.output_dim != self.cfg.vision_adapter_dim:
             raise CheckpointError(f"ViT-B-32.pt projects to {self.clip.dims.output_dim} but model_config.yaml says "
                                   f"vision_adapter_dim {self.cfg.vision_adapter_dim}")
+        release_freed_memory()
         say("loading SNAC codec ...")
         self.snac = load_snac(self.snac_dir)
         if self.quantize == "int8":
@@ -107,12 +122,11 @@ class Omni:
 
             say("quantising linear layers to int8 ...")
             quantize_int8(self)
-        if self.device.type == "cpu" and not self.quantize and self.dtype == torch.float32:
-            self.lm.use_transposed_weights()
         self.lm.to(self.device, self.dtype)
         self.clip.to(self.device, self.dtype)
         self.whisper.to(self.device)  # fp32 always (as the official code; whisper's LayerNorm needs fp32 on CPU)
         self.snac.to(self.device)
+        release_freed_memory()
         self.load_s = time.perf_counter() - t0
         say(f"ready in {self.load_s:.1f} s")
 

@@ -130,8 +130,9 @@ def load_vision_encoder(path: Path) -> VisionTransformer:
     # Same values as the official path for any archive: a no-op for OpenAI's fp16 file, not for an fp32 one.
     sd = {k: v.half().float() if _fp16_rounded(k) else v for k, v in sd.items()}
     dims = VisionDimensions.from_state_dict(sd)
-    model = VisionTransformer(dims)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    with torch.device("meta"):
+        model = VisionTransformer(dims)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"{path}: CLIP keys do not match a ViT of width {dims.width}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
