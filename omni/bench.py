@@ -81,24 +81,26 @@ def run_bench(a) -> dict:
     times, prefill_s = _decode_ms(model, x, a.steps)
     decode_ms = statistics.median(times) * 1000
     # whole request as a user sees it: encoders + prefill + streamed SNAC chunks
-    ttfa, rtf, audio_s, wall = None, None, 0.0, 0.0
-    n_stream = min(a.steps + 10, model.cfg.block_size - prompt.length)
+    ttfa, first_chunk_s, rtf, stream_rtf, audio_s, wall = None, 0.0, None, None, 0.0, 0.0
+    n_stream = min(a.stream_steps, model.cfg.block_size - prompt.length)
     t1 = time.perf_counter()
     for ev in model.stream("A1A2", audio=question, options=DecodingOptions(max_new_tokens=n_stream)):
         if isinstance(ev, AudioChunk) and ttfa is None:
-            ttfa = time.perf_counter() - t1
+            ttfa, first_chunk_s = time.perf_counter() - t1, ev.seconds
         if isinstance(ev, Finished):
             wall = time.perf_counter() - t1
             audio_s = ev.stats.audio_seconds
-            # real-time factor of the streaming phase: generation time after the first chunk per second of audio
-            rtf = ev.stats.real_time_factor
+            rtf = ev.stats.real_time_factor  # wall time of the whole request / seconds of speech produced
+            if ttfa is not None and audio_s > first_chunk_s:
+                # after the first chunk starts playing: < 1 means the rest is ready before it is needed (no gaps)
+                stream_rtf = (wall - ttfa) / (audio_s - first_chunk_s)
     out = {
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "prompt_length": prompt.length, "load_s": round(load_s, 2),
         "prefill_ms": round(prefill_s * 1000, 1), "decode_ms_per_step": round(decode_ms, 1),
         "steps_per_s": round(1000 / decode_ms, 2), "ttfa_s": round(ttfa, 3) if ttfa else None,
-        "rtf": round(rtf, 3) if rtf else None, "stream_audio_s": round(audio_s, 2), "stream_wall_s": round(wall, 2),
+        "rtf": round(rtf, 3) if rtf else None, "stream_rtf": round(stream_rtf, 3) if stream_rtf else None, "stream_audio_s": round(audio_s, 2), "stream_wall_s": round(wall, 2),
         "peak_rss_mb": round(peak_rss_mb(), 0),
     }
     if model.device.type == "cuda":

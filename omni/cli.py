@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure prefill, decode speed, time to first audio, real-time factor, memory")
     _model_args(b)
     b.add_argument("--steps", type=int, default=64, help="decode steps to time (default 64)")
+    b.add_argument("--stream-steps", type=int, default=200, help="length of the streamed answer used for time to "
+                   "first audio and real-time factor (default 200 steps = 16 s of speech)")
     b.add_argument("--seconds", type=float, default=3.5, help="length of the spoken test question (default 3.5)")
     b.add_argument("--json", help="write the figures here as JSON")
     b.add_argument("--agreement", type=int, default=0, metavar="N",
