@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, OmniInputError
+from .errors import CheckpointError, OmniInputError, check_input_file
 
 SAMPLE_RATE = 16000
 N_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window
@@ -18,7 +18,8 @@ MAX_AUDIO_BYTES = 100 * 1024 * 1024
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: shorter is almost surely a mistake
 
 
-def _to_mono_float(data: np.ndarray) -> np.ndarray:
+def to_mono_float32(data: np.ndarray) -> np.ndarray:
+    """int16/int32/uint8/float samples, mono or multi-channel (either axis) -> mono float32 in [-1, 1]."""
     data = np.asarray(data)
     if data.dtype == np.int16:
         data = data.astype(np.float32) / 32768.0
@@ -28,8 +29,8 @@ def _to_mono_float(data: np.ndarray) -> np.ndarray:
         data = (data.astype(np.float32) - 128.0) / 128.0
     else:
         data = data.astype(np.float32)
-    if data.ndim == 2:  # frames x channels -> mono by averaging, as ffmpeg's -ac 1 does
-        data = data.mean(axis=1) if data.shape[1] <= 16 else data.mean(axis=0)
+    if data.ndim == 2:  # (samples, channels) from files or (channels, samples) from WebRTC: average, as ffmpeg -ac 1
+        data = data.mean(axis=0 if data.shape[0] < data.shape[1] else 1)
     elif data.ndim != 1:
         raise OmniInputError(f"audio array must be 1-D (mono) or 2-D (samples x channels), got shape {data.shape}")
     return data
@@ -47,7 +48,7 @@ def load_audio(audio, sample_rate: int | None = None) -> np.ndarray:
         audio, sample_rate = _read_file(Path(audio))
     elif sample_rate is None:
         raise OmniInputError("an audio array needs its sample rate: pass (sample_rate, array)")
-    data = _to_mono_float(audio)
+    data = to_mono_float32(audio)
     if not np.all(np.isfinite(data)):
         raise OmniInputError("audio contains NaN or infinite samples")
     if sample_rate != SAMPLE_RATE:
@@ -68,13 +69,7 @@ def load_audio(audio, sample_rate: int | None = None) -> np.ndarray:
 def _read_file(path: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    if not path.is_file():
-        raise OmniInputError(f"audio file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise OmniInputError(f"audio file is empty: {path}")
-    if size > MAX_AUDIO_BYTES:
-        raise OmniInputError(f"audio file is too large ({size / 2**20:.0f} MB; limit {MAX_AUDIO_BYTES // 2**20} MB): {path}")
+    check_input_file(path, "audio", MAX_AUDIO_BYTES)
     try:
         data, sr = sf.read(str(path), dtype="int16", always_2d=False)
         return data, sr

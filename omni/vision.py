@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CheckpointError, OmniInputError
+from .errors import CheckpointError, OmniInputError, check_input_file
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -153,13 +153,7 @@ def open_image(image) -> Image.Image:
             image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
         return Image.fromarray(image[..., :3])
     path = Path(image)
-    if not path.is_file():
-        raise OmniInputError(f"image file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise OmniInputError(f"image file is empty: {path}")
-    if size > MAX_IMAGE_BYTES:
-        raise OmniInputError(f"image file is too large ({size / 2**20:.0f} MB; limit {MAX_IMAGE_BYTES // 2**20} MB): {path}")
+    check_input_file(path, "image", MAX_IMAGE_BYTES)
     try:
         img = Image.open(path)
         if img.width * img.height > MAX_IMAGE_PIXELS:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from omni.audio import to_mono_float32
+
 SAMPLE_RATE = 16000
 FRAME = 512  # Silero's window at 16 kHz
 FRAME_S = FRAME / SAMPLE_RATE
@@ -84,17 +86,7 @@ def load_silero():
             return load_silero_vad()
 
 
-def to_float32(pcm: np.ndarray) -> np.ndarray:
-    a = np.asarray(pcm)
-    if a.dtype == np.int16:
-        a = a.astype(np.float32) / 32768.0
-    elif a.dtype == np.int32:
-        a = a.astype(np.float32) / 2147483648.0
-    else:
-        a = a.astype(np.float32, copy=False)
-    if a.ndim > 1:  # (channels, n) from WebRTC or (n, channels) from files: average to mono
-        a = a.mean(axis=0 if a.shape[0] < a.shape[-1] else -1)
-    return a
+to_float32 = to_mono_float32  # one conversion for files, uploads and WebRTC frames
 
 
 class Resampler:
