@@ -111,3 +111,27 @@ def test_help_lists_the_commands():
     assert p.returncode == 0
     for cmd in ("generate", "download", "tiny", "bench"):
         assert cmd in p.stdout
+
+
+def test_stream_flag_prints_text_and_writes_the_same_tokens(tiny_ckpt, media, tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    common = ["generate", "--checkpoint", tiny_ckpt, "--task", "A1A2", "--audio", media["speech16k"],
+              "--max-new-tokens", 20]
+    assert run_cli(capsys, *common, "--tokens-json", a)[0] == 0
+    rc, out, err = run_cli(capsys, *common, "--tokens-json", b, "--stream", "--stream-mode", "official")
+    assert rc == 0 and "steps/s" in err
+    assert json.loads(a.read_text()) == json.loads(b.read_text())
+
+
+def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc, stdout, _ = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, "--steps", 4, "--stream-steps", 20,
+                            "--quantize", "int8", "--agreement", 2, "--json", out)
+    assert rc == 0
+    got = json.loads(out.read_text())
+    for key in ("decode_ms_per_step", "steps_per_s", "prefill_ms", "ttfa_s", "rtf", "peak_rss_mb"):
+        assert key in got and key in stdout
+    assert got["decode_ms_per_step"] > 0 and got["steps_per_s"] == pytest.approx(1000 / got["decode_ms_per_step"], rel=0.02)
+    assert got["prompt_length"] == int(3500 / 20) + 1 + 3
+    agreement = got["token_agreement"]
+    assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
