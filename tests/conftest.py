@@ -37,7 +37,8 @@ def media(tmp_path_factory) -> dict[str, Path]:
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), "what is in the picture"], check=True)
     data, sr = sf.read(raw, dtype="int16")
     out = {}
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(d / "q16k.wav")], check=True)
+    # -D: no dither. sox dithers randomly by default, so the audio (and the tokens) would change per run
+    subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(d / "q16k.wav")], check=True)
     out["speech16k"] = d / "q16k.wav"
     stereo = np.stack([data, data // 2], axis=1)
     sf.write(d / "stereo22k.wav", stereo, sr, subtype="PCM_16")

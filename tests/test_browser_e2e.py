@@ -78,8 +78,8 @@ def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("media")
     sh("espeak-ng", "-v", "en-us", "-s", "150", "-w", str(d / "q.wav"), "what is the capital of france and why is it so famous")
     sh("espeak-ng", "-v", "en-us", "-s", "150", "-w", str(d / "stop.wav"), "stop omni")
-    sh("sox", str(d / "q.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "q48.wav"))
-    sh("sox", str(d / "stop.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "stop48.wav"))
+    sh("sox", "-D", str(d / "q.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "q48.wav"))
+    sh("sox", "-D", str(d / "stop.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "stop48.wav"))
     q = sf.read(d / "q48.wav", dtype="float32")[0]
     stop = sf.read(d / "stop48.wav", dtype="float32")[0]
     a = np.zeros(int(48000 * (STOP_AT + 8.0)), np.float32)
