@@ -89,7 +89,7 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
     text_row = B - 1
     sample = Sampler(opts, x.device)
     cache = lm.new_cache(B, L + n_entries)
-    h = lm(x, cache, 0)[:, -1]
+    h = lm.prefill(x, cache)
     audio = sample(lm.audio_logits(h[:1]))[0].tolist()
     text = int(sample(lm.text_logits(h[text_row:text_row + 1]))[0])
     info["stop"] = "budget"
@@ -129,7 +129,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
     B, L, _ = x.shape
     sample = Sampler(opts, x.device)
     cache = lm.new_cache(B, L + n_entries)
-    h = lm(x, cache, 0)[:, -1]
+    h = lm.prefill(x, cache)
     text = int(sample(lm.text_logits(h[:1]))[0])
     info["stop"] = "budget"
     yield text

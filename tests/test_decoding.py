@@ -32,6 +32,9 @@ class ScriptedLM:
         B, L = x.shape[:2]
         return torch.arange(B, dtype=torch.float).view(B, 1, 1).expand(B, L, 1).clone()
 
+    def prefill(self, x, cache):
+        return self(x, cache, 0)[:, -1]
+
     def embed_step(self, ids):
         self.fed.append(ids.clone())
         return torch.zeros(ids.shape[0], 1, 1)

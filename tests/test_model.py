@@ -170,3 +170,16 @@ def test_audio_loading_matches_whisper_ffmpeg_path_for_16k_wav(media):
     ours = load_audio(media["speech16k"])
     ref = whisper.load_audio(str(media["speech16k"]))  # ffmpeg, as the official code
     assert np.array_equal(ours, ref)
+
+
+@torch.inference_mode()
+def test_shared_prefix_prefill_equals_the_full_batch_prefill(tiny_model, media):
+    lm = tiny_model.lm
+    prompt, x = tiny_model.prepare("A1A2", audio=media["speech16k"])
+    assert torch.equal(x[0, :-1], x[1, :-1]) and not torch.equal(x[0, -1], x[1, -1])
+    shared, full = lm.new_cache(2, prompt.length + 1), lm.new_cache(2, prompt.length + 1)
+    h_shared = lm.prefill(x, shared)
+    h_full = lm(x, full, 0)[:, -1]
+    assert torch.allclose(h_shared, h_full, atol=1e-5)
+    L = prompt.length
+    assert all(torch.allclose(a[:, :, :L], b[:, :, :L], atol=1e-5) for a, b in zip(shared.k + shared.v, full.k + full.v))
