@@ -148,10 +148,15 @@ class Omni:
     @torch.inference_mode()
     def encode_audio(self, audio) -> torch.Tensor:
         """Audio -> Whisper features of the kept frames [T, width] (T = int(ms / 20) + 1, at most 1500)."""
-        samples = audio_io.load_audio(audio)
-        n = min(whisper_frames(len(samples)), self.whisper_dims.n_audio_ctx)
+        return self._whisper_features(audio_io.load_audio(audio))
+
+    def _n_frames(self, samples: np.ndarray) -> int:
+        return min(whisper_frames(len(samples)), self.whisper_dims.n_audio_ctx)
+
+    @torch.inference_mode()
+    def _whisper_features(self, samples: np.ndarray) -> torch.Tensor:
         mel = audio_io.log_mel(samples).to(self.device)
-        return self.whisper(mel.unsqueeze(0))[0, :n].float()
+        return self.whisper(mel.unsqueeze(0))[0, :self._n_frames(samples)].float()
 
     @torch.inference_mode()
     def encode_image(self, image) -> torch.Tensor:
@@ -163,28 +168,35 @@ class Omni:
             raise OmniInputError("text is empty: type a question")
         return self.tokenizer.encode(str(text)).ids
 
-    def prepare(self, task: str, audio=None, image=None, text=None) -> tuple[Prompt, torch.Tensor]:
-        """Prompt ids and prefill embeddings for `task` ([B, L, D])."""
+    def prepare(self, task: str, audio=None, image=None, text=None,
+                options: DecodingOptions | None = None) -> tuple[Prompt, torch.Tensor]:
+        """Prompt ids and prefill embeddings for `task` ([B, L, D]).
+
+        Inputs are read and checked, and (with `options`) the budget too, before the encoders run.
+        """
         if task not in TASKS:
             raise OmniInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        audio_feats = image_feats = None
+        samples = pil_image = text_ids = None
         if task in AUDIO_INPUT_TASKS:
             if audio is None:
                 raise OmniInputError(f"task {task} needs --audio (a recording of the question)")
-            audio_feats = self.encode_audio(audio)
+            samples = audio_io.load_audio(audio)
         if task == "IMAGE_A1A2":
             if image is None:
                 raise OmniInputError("task IMAGE_A1A2 needs --image")
-            image_feats = self.encode_image(image)
-        text_ids = None
+            pil_image = open_image(image)
         if task in TEXT_INPUT_TASKS:
             text_ids = self.encode_text(text)
             limit = self.cfg.block_size - 4
             if len(text_ids) > limit:
                 raise OmniInputError(f"text is too long: {len(text_ids)} tokens, at most {limit} fit the "
                                      f"{self.cfg.block_size}-token context with room for an answer")
-        prompt = build_prompt(task, self.vocab, n_frames=0 if audio_feats is None else len(audio_feats),
+        prompt = build_prompt(task, self.vocab, n_frames=0 if samples is None else self._n_frames(samples),
                               text_ids=text_ids, n_image=self.clip.dims.n_tokens)
+        if options is not None:
+            self.budget(prompt.length, options)
+        audio_feats = None if samples is None else self._whisper_features(samples)
+        image_feats = None if pil_image is None else self.encode_image(pil_image)
         ids = prompt.ids.to(self.device)
         with torch.inference_mode():
             x = self.lm.embed(ids, audio_feats, prompt.audio_slots, image_feats, prompt.image_slots)
@@ -217,7 +229,7 @@ class Omni:
         if stride < 1:
             raise OmniInputError(f"stride must be >= 1 (got {stride})")
         t0 = time.perf_counter()
-        prompt, x = self.prepare(task, audio, image, text)
+        prompt, x = self.prepare(task, audio, image, text, opts)
         n_entries = self.budget(prompt.length, opts)
         speech = task in SPEECH_TASKS
         stats = Stats(task=task, prompt_length=prompt.length)

@@ -145,3 +145,11 @@ def test_int8_speed_mode_runs(tiny_ckpt, media):
     m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
     r = m.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=10))
     assert len(r.text_ids) == 10 and len(r.audio) == 3 * 2048
+
+
+def test_budget_error_comes_before_the_encoders_run(tiny_model, media, monkeypatch):
+    ran = []
+    monkeypatch.setattr(tiny_model, "_whisper_features", lambda samples: ran.append(1))
+    with pytest.raises(omni.OmniInputError, match="exceeds"):
+        tiny_model.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=2040))
+    assert ran == []
