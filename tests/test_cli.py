@@ -131,7 +131,9 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     got = json.loads(out.read_text())
     for key in ("decode_ms_per_step", "steps_per_s", "prefill_ms", "ttfa_s", "rtf", "peak_rss_mb"):
         assert key in got and key in stdout
-    assert got["decode_ms_per_step"] > 0 and got["steps_per_s"] == pytest.approx(1000 / got["decode_ms_per_step"], rel=0.02)
+    # both figures are printed rounded (0.1 ms, 0.01 steps/s): they must agree up to that rounding
+    assert got["decode_ms_per_step"] > 0
+    assert abs(1000 / got["steps_per_s"] - got["decode_ms_per_step"]) <= 0.05 + 0.001 * got["decode_ms_per_step"]
     assert got["prompt_length"] == int(3500 / 20) + 1 + 3
     agreement = got["token_agreement"]
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
