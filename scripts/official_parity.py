@@ -233,26 +233,15 @@ def main():
                 lo = captured["gen_out"]
         elif a.task in ("A1T2", "ASR"):
             mel, leng = inf.load_audio(a.audio)
-            if a.task == "A1T2":
-                feat, ids = inf.get_input_ids_whisper(
-                    mel,
-                    leng,
-                    wm,
-                    device,
-                    special_token_a=inf._pad_a,
-                    special_token_t=inf._answer_t,
-                )
-                gname, fn = "generate_AT", inf.A1_T2
-            else:
-                feat, ids = inf.get_input_ids_whisper(
-                    mel,
-                    leng,
-                    wm,
-                    device,
-                    special_token_a=inf._pad_a,
-                    special_token_t=inf._asr,
-                )
-                gname, fn = "generate_ASR", inf.A1_T1
+            # A1T2 and ASR differ only in the last text token and the official generate/wrapper pair
+            last_t, gname, fn = (
+                (inf._answer_t, "generate_AT", inf.A1_T2)
+                if a.task == "A1T2"
+                else (inf._asr, "generate_ASR", inf.A1_T1)
+            )
+            feat, ids = inf.get_input_ids_whisper(
+                mel, leng, wm, device, special_token_a=inf._pad_a, special_token_t=last_t
+            )
             L = int(ids[0].size(-1))
             captured["prompt_length"] = L
             M = L + N
