@@ -58,7 +58,7 @@ def verify_known_file(path: Path) -> None:
                               f"corrupt or altered. Delete it and run `python -m omni download` again.")
 
 
-def load_lm(checkpoint_dir: Path, cfg: ModelConfig, transposed: bool = False) -> OmniLM:
+def load_lm(checkpoint_dir: Path, cfg: ModelConfig) -> OmniLM:
     """Build the LM and load lit_model.pth with strict key and shape checks (fp32)."""
     path = Path(checkpoint_dir) / "lit_model.pth"
     try:
@@ -93,6 +93,4 @@ def load_lm(checkpoint_dir: Path, cfg: ModelConfig, transposed: bool = False) ->
     model.load_state_dict(state, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied Parameter
     del state
-    if transposed:  # now, before the encoders load, so the transient copy adds least to the peak
-        model.use_transposed_weights()
     return model.eval()

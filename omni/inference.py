@@ -110,9 +110,7 @@ class Omni:
         except Exception as e:
             raise CheckpointError(f"{self.checkpoint_dir / 'tokenizer.json'}: not a tokenizers file ({e})") from None
         say("loading language model (lit_model.pth) ...")
-        # CPU fp32 keeps the weights transposed (faster decode-size products on MKL); see model.TransposedLinear
-        cpu_fp32 = self.device.type == "cpu" and not self.quantize and self.dtype == torch.float32
-        self.lm = load_lm(self.checkpoint_dir, self.cfg, transposed=cpu_fp32)
+        self.lm = load_lm(self.checkpoint_dir, self.cfg)
         release_freed_memory()
         say("loading Whisper encoder (small.pt) ...")
         verify_known_file(self.checkpoint_dir / "small.pt")

@@ -9,15 +9,15 @@ import torch.nn as nn
 
 
 def _plain_linear(mod: nn.Linear) -> nn.Linear:
-    out = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-    out.weight = nn.Parameter(mod.weight.detach().float().clone())
+    out = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+    out.weight = nn.Parameter(mod.weight.detach().float(), requires_grad=False)  # shared when already fp32
     if mod.bias is not None:
-        out.bias = nn.Parameter(mod.bias.detach().float().clone())
+        out.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
     return out
 
 
 def _swap_subclassed_linears(root: nn.Module) -> None:
-    """quantize_dynamic matches exact types; whisper's Linear subclass would be skipped."""
+    """quantize_dynamic matches exact types; Linear subclasses (ours, whisper's) would be skipped."""
     for name, child in list(root.named_children()):
         if isinstance(child, nn.Linear) and type(child) is not nn.Linear:
             setattr(root, name, _plain_linear(child))
@@ -41,6 +41,7 @@ def quantize_int8(omni) -> None:
     heads[1].weight = nn.Parameter(w[text:].clone())
     lm.split_heads = _dynamic(heads)
     for part in (lm.transformer.h, lm.whisper_adapter, lm.vision_adapter):
+        _swap_subclassed_linears(part)
         _dynamic(part)
     _swap_subclassed_linears(omni.whisper)
     _dynamic(omni.whisper)

@@ -4,6 +4,7 @@ transformers' CLIPVisionModel for the image encoder, openai-whisper's own loader
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omni.tokens import build_prompt
 
@@ -43,15 +44,12 @@ def qwen2_reference(lm):
     return hf.eval()
 
 
-@pytest.mark.parametrize("layout", ["standard", "transposed"])
 @torch.inference_mode()
-def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_model, tiny_ckpt, layout):
+def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_model, tiny_ckpt):
     from omni.checkpoint import load_lm
 
     lm = load_lm(tiny_ckpt, tiny_model.cfg)
     hf = qwen2_reference(lm)
-    if layout == "transposed":  # the CPU fp32 decoding layout
-        lm.use_transposed_weights()
     prompt = build_prompt("A1A2", tiny_model.vocab, n_frames=20)
     feats = torch.randn(20, lm.cfg.whisper_adapter_dim, generator=torch.Generator().manual_seed(1))
     x = lm.embed(prompt.ids, feats, prompt.audio_slots)
@@ -74,6 +72,20 @@ def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_mo
                                                         audio.flatten(1)], dim=-1).argmax(-1))
 
 
+@pytest.mark.parametrize("shape", [(1, 24), (2, 24), (2, 1, 24), (3, 24), (4, 1, 24), (5, 24), (0, 24)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_small_batch_linear_matches_f_linear(shape, bias):
+    from omni.model import small_batch_linear
+
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(40, 24, generator=g), torch.randn(*shape, generator=g)
+    b = torch.randn(40, generator=g) if bias else None
+    got, want = small_batch_linear(x, w, b), F.linear(x, w, b)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(small_batch_linear(x.double(), w.double(), None if b is None else b.double()),
+                       F.linear(x.double(), w.double(), None if b is None else b.double()))  # other dtypes: F.linear
+
+
 @torch.inference_mode()
 def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model, tiny_ckpt):
     from omni.checkpoint import load_lm
@@ -89,8 +101,6 @@ def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model
     assert torch.allclose(x[0, pos], want, atol=1e-5)
     want0 = wte[p.ids[0, :, 0]].sum(0) / 8  # position 0 (input_a) keeps its token embeddings
     assert torch.allclose(x[0, 0], want0, atol=1e-6)
-    lm.use_transposed_weights()  # the transposed layout gathers the same embeddings
-    assert torch.allclose(lm.embed(p.ids, feats, p.audio_slots), x, atol=1e-6)
 
 
 @torch.inference_mode()
@@ -180,6 +190,7 @@ def test_shared_prefix_prefill_equals_the_full_batch_prefill(tiny_model, media):
     shared, full = lm.new_cache(2, prompt.length + 1), lm.new_cache(2, prompt.length + 1)
     h_shared = lm.prefill(x, shared)
     h_full = lm(x, full, 0)[:, -1]
-    assert torch.allclose(h_shared, h_full, atol=1e-5)
+    # equal up to summation order (the last position runs as a 2-row product, the full batch as a 2L-row one)
+    assert torch.allclose(h_shared, h_full, atol=1e-4), (h_shared - h_full).abs().max()
     L = prompt.length
-    assert all(torch.allclose(a[:, :, :L], b[:, :, :L], atol=1e-5) for a, b in zip(shared.k + shared.v, full.k + full.v))
+    assert all(torch.allclose(a[:, :, :L], b[:, :, :L], atol=1e-4) for a, b in zip(shared.k + shared.v, full.k + full.v))
