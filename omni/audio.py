@@ -95,7 +95,8 @@ def log_mel(audio16k: np.ndarray) -> torch.Tensor:
 
 
 def load_whisper_encoder(path: Path):
-    """The audio encoder of an openai-whisper checkpoint (small.pt), fp32, with the stored positional embedding."""
+    """The audio encoder of an openai-whisper checkpoint (small.pt), computing in fp32, with the stored positional embedding."""
+    import whisper.model as whisper_model
     from whisper.model import AudioEncoder, ModelDimensions
 
     try:
@@ -107,7 +108,15 @@ def load_whisper_encoder(path: Path):
     dims = ModelDimensions(**ckpt["dims"])
     with torch.device("meta"):  # no throw-away random init: the weights come from the file
         enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
-    sd = {k[len("encoder."):]: v.float() for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
+    # Whisper's Linear/Conv1d cast their weights to the input's dtype on every call, so fp16 weights (OpenAI's
+    # files) can stay fp16 in memory: the fp32 values computed with are the same, at half the memory (-168 MB).
+    cast_by_module = {f"{name}.{p}" for name, mod in enc.named_modules()
+                      if isinstance(mod, (whisper_model.Linear, whisper_model.Conv1d)) for p in ("weight", "bias")}
+    sd = {}
+    for k, v in ckpt["model_state_dict"].items():
+        if k.startswith("encoder."):
+            k = k[len("encoder."):]
+            sd[k] = v.clone() if k in cast_by_module and v.dtype in (torch.float16, torch.float32) else v.float()
     want = enc.state_dict()
     missing = sorted(set(want) - set(sd))
     bad = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]

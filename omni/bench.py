@@ -84,15 +84,24 @@ def run_bench(a) -> dict:
     ttfa, first_chunk_s, rtf, stream_rtf, audio_s, wall = None, 0.0, None, None, 0.0, 0.0
     n_stream = min(a.stream_steps, model.cfg.block_size - prompt.length)
     t1 = time.perf_counter()
+    play_end, stall_s, stalls = None, 0.0, 0  # a player that starts with the first chunk and never skips
+    gapless, audio_before = 0.0, 0.0
     for ev in model.stream("A1A2", audio=question, options=DecodingOptions(max_new_tokens=n_stream)):
-        if isinstance(ev, AudioChunk) and ttfa is None:
-            ttfa, first_chunk_s = time.perf_counter() - t1, ev.seconds
+        if isinstance(ev, AudioChunk):
+            now = time.perf_counter() - t1
+            if ttfa is None:
+                ttfa, first_chunk_s = now, ev.seconds
+            if play_end is not None and now > play_end:
+                stall_s, stalls = stall_s + now - play_end, stalls + 1
+            play_end = max(play_end or now, now) + ev.seconds
+            gapless = max(gapless, now - audio_before)  # a player starting this late never runs dry
+            audio_before += ev.seconds
         if isinstance(ev, Finished):
             wall = time.perf_counter() - t1
             audio_s = ev.stats.audio_seconds
             rtf = ev.stats.real_time_factor  # wall time of the whole request / seconds of speech produced
             if ttfa is not None and audio_s > first_chunk_s:
-                # after the first chunk starts playing: < 1 means the rest is ready before it is needed (no gaps)
+                # pace after the first chunk: < 1 is faster than playback on average (gaps: stall_s, gapless_start_s)
                 stream_rtf = (wall - ttfa) / (audio_s - first_chunk_s)
     out = {
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
@@ -100,7 +109,9 @@ def run_bench(a) -> dict:
         "prompt_length": prompt.length, "load_s": round(load_s, 2),
         "prefill_ms": round(prefill_s * 1000, 1), "decode_ms_per_step": round(decode_ms, 1),
         "steps_per_s": round(1000 / decode_ms, 2), "ttfa_s": round(ttfa, 3) if ttfa else None,
-        "rtf": round(rtf, 3) if rtf else None, "stream_rtf": round(stream_rtf, 3) if stream_rtf else None, "stream_audio_s": round(audio_s, 2), "stream_wall_s": round(wall, 2),
+        "rtf": round(rtf, 3) if rtf else None, "stream_rtf": round(stream_rtf, 3) if stream_rtf else None,
+        "stream_audio_s": round(audio_s, 2), "stream_wall_s": round(wall, 2),
+        "stall_s": round(stall_s, 3), "stalls": stalls, "gapless_start_s": round(gapless, 3),
         "peak_rss_mb": round(peak_rss_mb(), 0),
     }
     if model.device.type == "cuda":

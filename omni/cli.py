@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print text as it is generated and report streaming stats")
     g.add_argument("--stream-mode", default="smooth", choices=["smooth", "official"],
                    help="smooth: chunks decoded with context, tail kept; official: the official chunking")
-    g.add_argument("--stride", type=int, default=4, help="frames per streamed audio chunk (default 4 = 341 ms)")
+    g.add_argument("--stride", type=int, default=None,
+                   help="frames per streamed audio chunk (85 ms each): official mode uses exactly this (default 4); "
+                        "smooth mode starts at 1 frame and doubles up to it (default 16)")
 
     d = sub.add_parser("download", help="download the official checkpoint and SNAC from Hugging Face")
     d.add_argument("--dir", default="checkpoints", help="target directory (default: checkpoints/)")

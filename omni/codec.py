@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,32 @@ def load_snac(snac_dir: Path):
         raise CheckpointError(f"{weights}: SNAC weights do not match {cfg_path}: {str(e).splitlines()[1:3]}") from None
     if config.get("sampling_rate", 24000) != 24000:
         raise CheckpointError(f"{cfg_path}: sampling_rate {config.get('sampling_rate')} (Mini-Omni2 speaks SNAC 24 kHz)")
-    return model.eval()
+    return _for_inference(model.eval())
+
+
+def _for_inference(model):
+    """Bake the weight norms into plain weights (recomputed on every call otherwise) and run Snake in place.
+
+    Same arithmetic as the snac package, ~1/3 less time per decode on CPU.
+    """
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if type(module).__name__ == "Snake1d":
+            module.register_buffer("inv_alpha", (module.alpha.detach() + 1e-9).reciprocal(), persistent=False)
+            module.forward = types.MethodType(_snake_in_place, module)
+    return model
+
+
+def _snake_in_place(self, x: torch.Tensor) -> torch.Tensor:
+    """snac's snake: x + 1/(alpha + 1e-9) * sin(alpha * x)^2, without the four temporaries."""
+    shape = x.shape
+    x = x.reshape(shape[0], shape[1], -1)
+    y = torch.mul(self.alpha, x)
+    y.sin_().pow_(2).mul_(self.inv_alpha)
+    return y.add_(x).reshape(shape)
 
 
 def to_int16(wave: torch.Tensor, official: bool = False) -> np.ndarray:
@@ -47,29 +73,40 @@ class SpeechDecoder:
     """Turns complete 7-token frames into PCM jobs as they arrive.
 
     mode "official": every `stride` frames are decoded on their own (clicks at chunk borders; a tail of up to
-    stride-1 frames is never played). mode "smooth" (default): each decode also sees up to `context` earlier
-    frames and the last frame is held back until the next chunk, so chunk borders join without a click, and
-    `flush()` plays the tail. Frames holding a special id (>= n_codes) are played as silence.
-    `add`/`flush` only pick frames (cheap, in order); `render` runs SNAC, so it can run on a worker thread.
+    stride-1 frames is never played), as the official server does.
+    mode "smooth" (default): chunks start at `first` frames and double every second chunk up to `stride`, so
+    the first sound comes early, the player's buffer grows, and later chunks cost less SNAC time per frame
+    (on 2 CPU cores, int8: sizes 2,2,4,4,... start as early as 1,1,2,2,... once gaps are counted). Each chunk is decoded with `context` frames before it
+    and `lookahead` frames after it (waiting for those), so its samples match a whole-utterance decode and chunk
+    borders join without a click; `flush()` plays the tail. Frames holding a special id (>= n_codes) play as
+    silence. `add`/`flush` only pick frames (cheap, in order); `render` runs SNAC, so it can run on a worker thread.
     """
 
-    def __init__(self, snac, n_codes: int = 4096, stride: int = 4, mode: str = "smooth", context: int = 4,
-                 hold_back: int = 1):
+    def __init__(self, snac, n_codes: int = 4096, stride: int = 16, mode: str = "smooth", context: int = 2,
+                 lookahead: int = 2, first: int = 2):
         if mode not in ("smooth", "official"):
             raise ValueError(f"mode must be 'smooth' or 'official', not {mode!r}")
         self.snac, self.n_codes, self.stride, self.mode = snac, n_codes, max(1, stride), mode
-        self.context = context if mode == "smooth" else 0
-        self.hold_back = hold_back if mode == "smooth" else 0
+        smooth = mode == "smooth"
+        self.context, self.lookahead = (context, lookahead) if smooth else (0, 0)
+        self.chunk = min(max(1, first), self.stride) if smooth else self.stride  # size of the next chunk
         self.frames: list[list[int]] = []
         self.emitted = 0  # frames already handed out as jobs
+        self.n_chunks = 0
 
     def add(self, frames: list[list[int]]) -> tuple | None:
         """Add newly completed frames; return a render job if a chunk is due."""
         self.frames.extend(frames)
-        ready = len(self.frames) - self.hold_back
-        if ready - self.emitted < self.stride:
+        ready = len(self.frames) - self.lookahead
+        if ready - self.emitted < self.chunk:
             return None
-        end = self.emitted + (ready - self.emitted) // self.stride * self.stride if self.mode == "official" else ready
+        if self.mode == "official":
+            end = self.emitted + (ready - self.emitted) // self.stride * self.stride
+        else:
+            end = ready
+            self.n_chunks += 1
+            if self.n_chunks % 2 == 0:  # sizes 2, 2, 4, 4, 8, 8, ...: the buffer grows before the chunks do
+                self.chunk = min(self.chunk * 2, self.stride)
         return self._job(self.emitted, end)
 
     def flush(self) -> tuple | None:
@@ -79,12 +116,13 @@ class SpeechDecoder:
         return self._job(self.emitted, len(self.frames))
 
     def _job(self, start: int, end: int) -> tuple:
-        first = max(0, start - self.context)
+        first, last = max(0, start - self.context), min(len(self.frames), end + self.lookahead)
         self.emitted = end
-        return self.frames[first:end], start - first
+        return self.frames[first:last], start - first, end - start
 
     def render(self, job: tuple) -> np.ndarray:
-        frames, skip = job
+        """job (frames, skip, count) -> int16 PCM of `count` frames starting `skip` frames into `frames`."""
+        frames, skip, count = job
         bad = [i for i, f in enumerate(frames) if any(t >= self.n_codes or t < 0 for t in f)]
         if bad:
             frames = [[0] * 7 if i in bad else f for i, f in enumerate(frames)]
@@ -93,12 +131,13 @@ class SpeechDecoder:
             wave = self.snac.decode([c.to(device) for c in frames_to_codes(frames)]).reshape(-1).float()
             for i in bad:
                 wave[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME] = 0
-        return to_int16(wave[skip * SAMPLES_PER_FRAME:], official=self.mode == "official")
+        wave = wave[skip * SAMPLES_PER_FRAME:(skip + count) * SAMPLES_PER_FRAME]
+        return to_int16(wave, official=self.mode == "official")
 
 
 def decode_frames(snac, frames: list[list[int]], n_codes: int = 4096) -> np.ndarray:
     """Whole-utterance decode in one SNAC call (used for --out-wav and replay)."""
     if not frames:
         return np.zeros(0, np.int16)
-    dec = SpeechDecoder(snac, n_codes, stride=len(frames), mode="smooth", context=0, hold_back=0)
+    dec = SpeechDecoder(snac, n_codes, stride=len(frames), mode="smooth", context=0, lookahead=0, first=len(frames))
     return dec.render(dec.add(frames))

@@ -211,19 +211,22 @@ class Omni:
 
     # -- generation ------------------------------------------------------------------------------------
     def stream(self, task: str, audio=None, image=None, text=None, options: DecodingOptions | None = None,
-               stride: int = 4, mode: str = "smooth", cancel: threading.Event | None = None,
+               stride: int | None = None, mode: str = "smooth", cancel: threading.Event | None = None,
                overlap: bool = True) -> Iterator[TextDelta | AudioChunk | Finished]:
         """Yield TextDelta / AudioChunk events as they are generated, then one Finished event.
 
-        mode "smooth" decodes speech with left context and plays the tail; "official" reproduces the official
-        chunking (independent `stride`-frame chunks, tail dropped). Tokens are the same in both. With `overlap`,
-        SNAC runs on a worker thread while the next tokens are decoded. Setting `cancel` stops within one
-        decode step; the KV cache is freed when the generator ends.
+        mode "smooth" plays the first frame as soon as it can be decoded seamlessly, then growing chunks of up
+        to `stride` frames (default 16), joined without clicks, tail included; "official" reproduces the official
+        chunking (independent `stride`-frame chunks, default 4, tail dropped). Tokens are the same in both.
+        With `overlap`, SNAC runs on a worker thread while the next tokens are decoded. Setting `cancel` stops
+        within one decode step; the KV cache is freed when the generator ends.
         """
         opts = options or DecodingOptions()
         opts.validate()
         if mode not in ("smooth", "official"):
             raise OmniInputError(f"stream mode must be 'smooth' or 'official' (got {mode!r})")
+        if stride is None:
+            stride = 16 if mode == "smooth" else 4
         if stride < 1:
             raise OmniInputError(f"stride must be >= 1 (got {stride})")
         t0 = time.perf_counter()

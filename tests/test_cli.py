@@ -135,5 +135,6 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert got["decode_ms_per_step"] > 0
     assert abs(1000 / got["steps_per_s"] - got["decode_ms_per_step"]) <= 0.05 + 0.001 * got["decode_ms_per_step"]
     assert got["prompt_length"] == int(3500 / 20) + 1 + 3
+    assert 0 <= got["stall_s"] <= got["stream_wall_s"] and got["stalls"] >= 0  # gaps a player would have
     agreement = got["token_agreement"]
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1

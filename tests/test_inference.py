@@ -55,30 +55,46 @@ def test_official_chunking_drops_the_tail_and_smooth_mode_keeps_it(tiny_model, m
     assert fin.stats.time_to_first_audio_s is not None and fin.stats.steps == n_frames + 6
 
 
-def test_smooth_chunks_join_without_clicks(tiny_model):
-    """Chunk borders of the smooth stream track a whole-utterance decode; official chunks jump there."""
-    import torch
-
+def _chunked(snac, frames, **kw) -> list[np.ndarray]:
     from omni.codec import SpeechDecoder
 
+    dec = SpeechDecoder(snac, 4096, **kw)
+    jobs = [dec.add([f]) for f in frames] + [dec.flush()]
+    return [dec.render(j).astype(np.float64) for j in jobs if j is not None]
+
+
+def test_smooth_chunks_match_a_whole_utterance_decode_and_official_ones_click(tiny_model, monkeypatch):
+    """With left context and lookahead, every smooth chunk equals the same samples of a whole-utterance decode
+    (SNAC's noise switched off so the two can be compared); official chunks (no context) jump at the borders."""
+    import snac.layers
+
+    from omni.codec import decode_frames
+
+    monkeypatch.setattr(snac.layers.NoiseBlock, "forward", lambda self, x: x)
     rng = np.random.RandomState(0)
-    frames = [list(rng.randint(0, 4096, 7)) for _ in range(24)]
+    frames = [list(rng.randint(0, 4096, 7)) for _ in range(40)]
+    whole = decode_frames(tiny_model.snac, frames).astype(np.float64)
+    smooth = _chunked(tiny_model.snac, frames, stride=8, mode="smooth")
+    assert [len(c) // 2048 for c in smooth] == [2, 2, 4, 4, 8, 8, 8, 4]  # doubling every 2nd chunk up to the stride; the tail
+    joined = np.concatenate(smooth)
+    assert len(joined) == len(whole)
+    peak = np.abs(whole).max()
+    assert np.abs(joined - whole).max() < 0.01 * peak
+    official = np.concatenate(_chunked(tiny_model.snac, frames, stride=4, mode="official"))
+    assert np.abs(official - whole[:len(official)]).max() > 0.05 * peak
+    no_lookahead = np.concatenate(_chunked(tiny_model.snac, frames, stride=8, mode="smooth", lookahead=0))
+    assert np.abs(no_lookahead - whole).max() > 0.05 * peak  # what the lookahead is for
 
-    def stream(mode):
-        torch.manual_seed(0)
-        dec = SpeechDecoder(tiny_model.snac, 4096, stride=4, mode=mode)
-        jobs = [dec.add([f]) for f in frames] + [dec.flush()]
-        return np.concatenate([dec.render(j) for j in jobs if j is not None]).astype(np.float64)
 
-    def jump_at_borders(wave, borders):
-        return np.mean([abs(wave[b] - wave[b - 1]) for b in borders if b < len(wave)])
+def test_first_smooth_chunk_waits_only_for_its_lookahead(tiny_model):
+    from omni.codec import SpeechDecoder
 
-    smooth, official = stream("smooth"), stream("official")
-    # official borders every 4 frames; smooth borders move with the hold-back, find them from the chunk sizes
-    off_borders = [4 * 2048 * k for k in range(1, 6)]
-    diffs = np.abs(np.diff(smooth)).mean()
-    assert jump_at_borders(official, off_borders) > jump_at_borders(smooth, off_borders)
-    assert jump_at_borders(smooth, off_borders) < 4 * diffs + 1
+    dec = SpeechDecoder(tiny_model.snac, 4096, mode="smooth", first=2, lookahead=2)
+    frame = [1, 2, 3, 4, 5, 6, 7]
+    assert all(dec.add([frame]) is None for _ in range(3))
+    frames, skip, count = dec.add([frame])  # the 4th frame lets the first two be decoded seamlessly
+    assert (len(frames), skip, count) == (4, 0, 2)
+    assert len(dec.render((frames, skip, count))) == 2 * 2048
 
 
 def test_text_deltas_concatenate_to_the_final_text(tiny_model):

@@ -59,7 +59,7 @@ class EngineConfig:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
-    stride: int = 4
+    stride: int | None = None  # frames per audio chunk; None: the model's default for stream_mode
     stream_mode: str = "smooth"
     playback_lead_s: float = 0.04  # audio handed to the transport ahead of real time
     max_ahead_s: float = 3.0  # generation pauses when this much speech is waiting to be played
