@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from .decoding import DecodingOptions, speech_entries, text_entries
 from .events import AudioChunk, Finished
-from .inference import load_model
+from .inference import load_model, peak_rss_mb
 
 AGREEMENT_PROMPTS = ["What is the capital of France?", "Tell me a short story about a cat.",
                      "How do airplanes fly?", "Name three colors.", "What is two plus two?",
@@ -28,10 +27,6 @@ def spoken_question(seconds: float, sr: int = 16000) -> tuple[int, np.ndarray]:
     voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 8))
     envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) * (t > 0.2) * (t < seconds - 0.2)
     return sr, (0.3 * voiced * envelope).astype(np.float32)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _decode_ms(model, x, steps: int) -> tuple[list[float], float]:

@@ -41,6 +41,8 @@ class Stats:
     total_s: float = 0.0
     cancelled: bool = False
     stop_reason: str = ""  # "eoa", "eot", "budget", "cancelled"
+    peak_rss_mb: float | None = None  # the process's peak resident memory so far (MiB)
+    gpu_peak_mem_mb: float | None = None  # peak CUDA memory allocated by PyTorch (MiB), on a GPU
 
     @property
     def steps_per_s(self) -> float:
@@ -51,9 +53,14 @@ class Stats:
         """Wall time spent generating per second of speech produced (< 1 means faster than real time)."""
         return self.total_s / self.audio_seconds if self.audio_seconds > 0 else None
 
+    @property
+    def decode_ms_per_step(self) -> float | None:
+        return 1000 * self.decode_s / self.steps if self.steps else None
+
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["steps_per_s"] = self.steps_per_s
+        d["decode_ms_per_step"] = self.decode_ms_per_step
         d["real_time_factor"] = self.real_time_factor
         return d
 

@@ -45,6 +45,13 @@ def _mmap_threshold(nbytes: int) -> None:
         pass
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def release_freed_memory() -> None:
     """Hand memory freed after loading back to the OS (glibc keeps it otherwise): lowers resident memory."""
     try:
@@ -295,6 +302,9 @@ class Omni:
                 pool.shutdown(wait=True, cancel_futures=True)
             stats.decode_s = (time.perf_counter() - t_first) if t_first else 0.0
             stats.total_s = time.perf_counter() - t0
+            stats.peak_rss_mb = peak_rss_mb()
+            if self.device.type == "cuda":
+                stats.gpu_peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         stats.stop_reason = info.get("stop", "")
         stats.cancelled = stats.stop_reason == "cancelled"
         answer_ids = [t for t in text_ids[: self._text_end(text_ids, speech)] if t < self.vocab.eot]

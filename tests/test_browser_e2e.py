@@ -275,6 +275,17 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         assert usr == SR and 3.0 < len(u) / usr < 5.0
 
 
+def latency_rows(page) -> list[dict]:
+    """The latency table as rendered in the page: one dict per turn, keyed by the column headers."""
+    table = page.evaluate("""() => {
+        const cells = el => [...el.querySelectorAll('th, td')].map(c => c.innerText.trim());
+        const rows = [...document.querySelectorAll('#latency table tr')].map(cells);
+        return rows.filter(r => r.length);
+    }""")
+    header, body = table[0], table[1:]
+    return [dict(zip(header, r)) for r in body if len(r) == len(header)]
+
+
 def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
     """Without the fake-UI flag headless Chromium refuses media permission; the page must say so and keep working."""
     from playwright.sync_api import sync_playwright
@@ -299,6 +310,12 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         latency = page.locator("#latency")
         wait_for(lambda: "hello" in page.locator("#chat").inner_text() and "T1T2" in latency.inner_text()
                  and "done" in latency.inner_text(), 60, page, "the typed turn to finish")
+        # the latency panel carries the bench's figures for the turn
+        row = latency_rows(page)[0]
+        assert row["task"] == "T1T2" and float(row["ms/step"]) > 0 and float(row["steps/s"]) > 0
+        assert abs(float(row["ms/step"]) * float(row["steps/s"]) - 1000) < 0.1 * 1000  # the same rate twice
+        assert float(row["prefill s"]) > 0 and 100 < float(row["peak RSS MB"]) < 64_000
+        assert row["GPU MB"] == ""  # a CPU run has no GPU figure
         # and an uploaded question with a picture (the example files) is answered too
         page.get_by_text("Upload audio / image").click()
         page.locator("#upload-audio input[type=file]").set_input_files(str(ROOT / "assets/examples/describe_the_image.wav"))

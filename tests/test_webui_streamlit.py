@@ -30,6 +30,8 @@ def test_typed_turn_streams_an_answer(monkeypatch):
     assert texts and texts[-1].strip() and "▌" not in texts[-1]  # the finished answer, not a placeholder
     at.run()  # the next run shows the turn in the history and offers the export
     assert [m.name for m in at.chat_message][:2] == ["user", "assistant"]
+    figures = " ".join(c.value for c in at.caption)
+    assert "ms/step" in figures and "steps/s" in figures and "peak RSS" in figures  # the latency figures
     assert any("Export" in b.label for b in at.sidebar.get("download_button"))
 
 

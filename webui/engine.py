@@ -980,6 +980,7 @@ def model_timings(stats, throttled_s: float) -> dict:
     d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.as_dict().items()}
     busy_decode = max(1e-6, (stats.decode_s or 0.0) - throttled_s)
     d["steps_per_s"] = round(stats.steps / busy_decode, 2) if stats.steps else d.get("steps_per_s")
+    d["decode_ms_per_step"] = round(1000 * busy_decode / stats.steps, 1) if stats.steps else None
     if stats.audio_seconds:
         d["real_time_factor"] = round(max(0.0, stats.total_s - throttled_s) / stats.audio_seconds, 3)
     d["throttled_s"] = round(throttled_s, 3)

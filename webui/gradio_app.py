@@ -56,8 +56,8 @@ CSS = """
 #status-line { min-height: 1.6em; }
 """
 
-LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "first audio s", "steps/s", "RTF",
-                   "onset→silence s", "command check s"]
+LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill s", "first audio s", "ms/step", "steps/s",
+                   "RTF", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
 
 
 @dataclass
@@ -251,9 +251,13 @@ def render_latency(turns) -> list[list[Any]]:
         rows.append([
             t.index, t.task, t.status,
             _fmt(tm.get("queue_wait_s")),
+            _fmt(m.get("prefill_s")),
             _fmt(tm.get("speech_end_to_first_audio_s", tm.get("first_audio_s"))),
+            _fmt(m.get("decode_ms_per_step"), 1),
             _fmt(m.get("steps_per_s"), 1),
             _fmt(m.get("real_time_factor")),
+            _fmt(m.get("peak_rss_mb"), 0),
+            _fmt(m.get("gpu_peak_mem_mb"), 0),
             _fmt(tm.get("onset_to_silence_s", tm.get("duck_onset_to_silence_s")), 3),
             _fmt(tm.get("command_check_s"), 3),
         ])
@@ -481,8 +485,9 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                     clear_btn = gr.Button("Clear", elem_id="clear")
                     export_btn = gr.Button("⬇ Export conversation", elem_id="export")
                 export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False, height=90)
-        latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn (first audio: from the end of "
-                               "your speech; onset→silence: from your barge-in to quiet output)",
+        latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn (prefill: encoders + prompt; first "
+                               "audio: from the end of your speech; ms/step: one batch-of-2 decode step; peak RSS: "
+                               "the app process; onset→silence: from your barge-in to quiet output)",
                                elem_id="latency", interactive=False, wrap=True)
         with gr.Accordion("Interruption and turn-taking settings", open=False):
             with gr.Row():

@@ -72,6 +72,24 @@ def show_turn(t) -> None:
             st.error(t.error)
         if "assistant_audio" in t.files:
             st.audio(t.files["assistant_audio"])
+        if figures := turn_figures(t):
+            st.caption(figures)
+
+
+def turn_figures(t) -> str:
+    """The latency panel's figures for one turn, on one line."""
+    m, tm = t.timings.get("model") or {}, t.timings
+    parts = []
+    for label, value, fmt in (("prefill", m.get("prefill_s"), "{:.2f} s"),
+                              ("first audio", tm.get("first_audio_s"), "{:.2f} s"),
+                              ("decode", m.get("decode_ms_per_step"), "{:.1f} ms/step"),
+                              ("", m.get("steps_per_s"), "{:.1f} steps/s"),
+                              ("RTF", m.get("real_time_factor"), "{:.2f}"),
+                              ("peak RSS", m.get("peak_rss_mb"), "{:.0f} MB"),
+                              ("GPU", m.get("gpu_peak_mem_mb"), "{:.0f} MB")):
+        if value is not None:
+            parts.append(f"{label} {fmt.format(value)}".strip())
+    return " · ".join(parts)
 
 
 def stream_answer(s: Session, turn) -> None:
@@ -93,6 +111,8 @@ def stream_answer(s: Session, turn) -> None:
             st.error(turn.error)
         if "assistant_audio" in turn.files:
             st.audio(turn.files["assistant_audio"], autoplay=True)
+        if figures := turn_figures(turn):
+            st.caption(figures)
 
 
 def main() -> None:
