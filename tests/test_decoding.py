@@ -103,6 +103,18 @@ def test_eot_is_fed_back_once_then_text_is_forced_to_pad():
     assert lm.fed[2][0, 7] == V.eot and lm.fed[3][0, 7] == V.pad_t
 
 
+@pytest.mark.parametrize("opts", [DecodingOptions(), DecodingOptions(temperature=0.01, top_k=2, seed=0)])
+def test_greedy_skips_the_text_head_once_text_is_forced_and_sampling_still_draws_it(opts):
+    lm = ScriptedLM(lambda s, r: V.eot if s == 2 else 100 + s, lambda s, r: codes(s))
+    calls = []
+    real = lm.text_logits
+    lm.text_logits = lambda h: (calls.append(lm.step), real(h))[1]
+    entries = list(speech_entries(lm, V, prefill(2), 7, opts))
+    assert [e[7] for e in entries][2:] == [V.eot] + [V.pad_t] * 4
+    # greedy: the head runs up to the eot step only; sampling draws every step (the official random stream)
+    assert calls == ([0, 1, 2] if opts.greedy else list(range(7)))
+
+
 def test_eot_at_entry_0_does_not_start_pad_forcing():
     _, entries, _ = run_speech(lambda s, r: V.eot if s == 0 else 100 + s, lambda s, r: codes(s), n=4)
     assert [e[7] for e in entries] == [V.eot, 101, 102, 103]
