@@ -135,6 +135,17 @@ class SpeechDecoder:
         return to_int16(wave, official=self.mode == "official")
 
 
+def warm_up(snac, stride: int = 16, context: int = 2, lookahead: int = 2, first: int = 2) -> None:
+    """Decode silence once at each length the default smooth stream uses: the first call at a new length
+    sets up the convolution kernels (~40-60 ms each on CPU), which would otherwise delay the first chunks."""
+    dec = SpeechDecoder(snac, stride=stride, context=context, lookahead=lookahead, first=first)
+    lengths, frame = set(), [0] * 7
+    for _ in range(4 * stride + context + lookahead):  # up to the first full-size chunk
+        if (job := dec.add([frame])) is not None and len(job[0]) not in lengths:
+            lengths.add(len(job[0]))
+            dec.render(job)
+
+
 def decode_frames(snac, frames: list[list[int]], n_codes: int = 4096) -> np.ndarray:
     """Whole-utterance decode in one SNAC call (used for --out-wav and replay)."""
     if not frames:

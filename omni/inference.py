@@ -15,6 +15,7 @@ import torch
 from . import audio as audio_io
 from .checkpoint import check_files, default_snac_dir, load_lm, verify_known_file
 from .codec import SpeechDecoder, decode_frames, load_snac
+from .codec import warm_up as warm_up_snac
 from .config import ModelConfig, Vocab
 from .decoding import DecodingOptions, speech_entries, text_entries
 from .errors import CheckpointError, OmniInputError
@@ -144,6 +145,7 @@ class Omni:
         self.clip.to(self.device, self.dtype)
         self.whisper.to(self.device)  # fp32 always (as the official code; whisper's LayerNorm needs fp32 on CPU)
         self.snac.to(self.device)
+        warm_up_snac(self.snac)
         release_freed_memory()
         _mmap_threshold(32 << 20)
         self.load_s = time.perf_counter() - t0

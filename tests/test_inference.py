@@ -86,6 +86,17 @@ def test_smooth_chunks_match_a_whole_utterance_decode_and_official_ones_click(ti
     assert np.abs(no_lookahead - whole).max() > 0.05 * peak  # what the lookahead is for
 
 
+def test_warm_up_decodes_each_length_of_the_default_stream_once(tiny_model, monkeypatch):
+    from omni import codec
+
+    lengths = []
+    real = codec.SpeechDecoder.render
+    monkeypatch.setattr(codec.SpeechDecoder, "render", lambda self, job: (lengths.append(len(job[0])), real(self, job))[1])
+    codec.warm_up(tiny_model.snac)
+    # chunks of 2, 2, 4, 4, 8, 8, 16 frames with up to 2 frames of context and 2 of lookahead
+    assert lengths == [4, 6, 8, 12, 20]
+
+
 def test_first_smooth_chunk_waits_only_for_its_lookahead(tiny_model):
     from omni.codec import SpeechDecoder
 
