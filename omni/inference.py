@@ -104,7 +104,7 @@ class Omni:
         if self.quantize and self.device.type != "cpu":
             raise OmniInputError("int8 dynamic quantisation runs on the CPU only; drop --quantize or use --device cpu")
         t0 = time.perf_counter()
-        # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading and transposing
+        # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading
         # go straight back to the OS (glibc would otherwise keep them: peak RSS 4.2 -> 3.4 GB at full size).
         # Afterwards a 32 MiB threshold keeps the big activation buffers of decoding in the reusable heap.
         _mmap_threshold(1 << 20)
