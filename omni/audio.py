@@ -95,7 +95,8 @@ def log_mel(audio16k: np.ndarray) -> torch.Tensor:
 
 
 def load_whisper_encoder(path: Path):
-    """The audio encoder of an openai-whisper checkpoint (small.pt), computing in fp32, with the stored positional embedding."""
+    """The audio encoder of an openai-whisper checkpoint (small.pt), computing in fp32, with the stored
+    positional embedding."""
     import whisper.model as whisper_model
     from whisper.model import AudioEncoder, ModelDimensions
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smooth: chunks decoded with context, tail kept; official: the official chunking")
     g.add_argument("--stride", type=int, default=None,
                    help="frames per streamed audio chunk (85 ms each): official mode uses exactly this (default 4); "
-                        "smooth mode starts at 1 frame and doubles up to it (default 16)")
+                        "smooth mode starts at 2 frames and doubles every second chunk up to it (default 16)")
 
     d = sub.add_parser("download", help="download the official checkpoint and SNAC from Hugging Face")
     d.add_argument("--dir", default="checkpoints", help="target directory (default: checkpoints/)")

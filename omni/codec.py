@@ -76,16 +76,19 @@ class SpeechDecoder:
     stride-1 frames is never played), as the official server does.
     mode "smooth" (default): chunks start at `first` frames and double every second chunk up to `stride`, so
     the first sound comes early, the player's buffer grows, and later chunks cost less SNAC time per frame
-    (on 2 CPU cores, int8: sizes 2,2,4,4,... start as early as 1,1,2,2,... once gaps are counted). Each chunk is decoded with `context` frames before it
-    and `lookahead` frames after it (waiting for those), so its samples match a whole-utterance decode and chunk
-    borders join without a click; `flush()` plays the tail. Frames holding a special id (>= n_codes) play as
-    silence. `add`/`flush` only pick frames (cheap, in order); `render` runs SNAC, so it can run on a worker thread.
+    (on 2 CPU cores, int8: sizes 2,2,4,4,... start as early as 1,1,2,2,... once gaps are counted). Each chunk is
+    decoded with `context` frames before it and `lookahead` frames after it (waiting for those), so its samples
+    match a whole-utterance decode and chunk borders join without a click; `flush()` plays the tail. Frames
+    holding a special id (>= n_codes) play as silence. `add`/`flush` only pick frames (cheap, in order); `render`
+    runs SNAC, so it can run on a worker thread. `stride` defaults to 16 frames (smooth) or 4 (official).
     """
 
-    def __init__(self, snac, n_codes: int = 4096, stride: int = 16, mode: str = "smooth", context: int = 2,
-                 lookahead: int = 2, first: int = 2):
+    def __init__(self, snac, n_codes: int = 4096, stride: int | None = None, mode: str = "smooth",
+                 context: int = 2, lookahead: int = 2, first: int = 2):
         if mode not in ("smooth", "official"):
             raise ValueError(f"mode must be 'smooth' or 'official', not {mode!r}")
+        if stride is None:
+            stride = 16 if mode == "smooth" else 4
         self.snac, self.n_codes, self.stride, self.mode = snac, n_codes, max(1, stride), mode
         smooth = mode == "smooth"
         self.context, self.lookahead = (context, lookahead) if smooth else (0, 0)
@@ -135,12 +138,12 @@ class SpeechDecoder:
         return to_int16(wave, official=self.mode == "official")
 
 
-def warm_up(snac, stride: int = 16, context: int = 2, lookahead: int = 2, first: int = 2) -> None:
+def warm_up(snac) -> None:
     """Decode silence once at each length the default smooth stream uses: the first call at a new length
     sets up the convolution kernels (~40-60 ms each on CPU), which would otherwise delay the first chunks."""
-    dec = SpeechDecoder(snac, stride=stride, context=context, lookahead=lookahead, first=first)
+    dec = SpeechDecoder(snac)
     lengths, frame = set(), [0] * 7
-    for _ in range(4 * stride + context + lookahead):  # up to the first full-size chunk
+    for _ in range(4 * dec.stride + dec.context + dec.lookahead):  # up to the first full-size chunk
         if (job := dec.add([frame])) is not None and len(job[0]) not in lengths:
             lengths.add(len(job[0]))
             dec.render(job)

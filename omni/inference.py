@@ -224,8 +224,8 @@ class Omni:
                overlap: bool = True) -> Iterator[TextDelta | AudioChunk | Finished]:
         """Yield TextDelta / AudioChunk events as they are generated, then one Finished event.
 
-        mode "smooth" plays the first frame as soon as it can be decoded seamlessly, then growing chunks of up
-        to `stride` frames (default 16), joined without clicks, tail included; "official" reproduces the official
+        mode "smooth" plays the first 2 frames as soon as they can be decoded seamlessly, then growing chunks of
+        up to `stride` frames (default 16), joined without clicks, tail included; "official" reproduces the official
         chunking (independent `stride`-frame chunks, default 4, tail dropped). Tokens are the same in both.
         With `overlap`, SNAC runs on a worker thread while the next tokens are decoded. Setting `cancel` stops
         within one decode step; the KV cache is freed when the generator ends.
@@ -234,9 +234,7 @@ class Omni:
         opts.validate()
         if mode not in ("smooth", "official"):
             raise OmniInputError(f"stream mode must be 'smooth' or 'official' (got {mode!r})")
-        if stride is None:
-            stride = 16 if mode == "smooth" else 4
-        if stride < 1:
+        if stride is not None and stride < 1:
             raise OmniInputError(f"stride must be >= 1 (got {stride})")
         t0 = time.perf_counter()
         prompt, x = self.prepare(task, audio, image, text, opts)
