@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import CheckpointError, OmniInputError, check_input_file
+from .linear import fast_linear
 
 SAMPLE_RATE = 16000
 N_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window
@@ -92,6 +94,35 @@ def log_mel(audio16k: np.ndarray) -> torch.Tensor:
     import whisper
 
     return whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio16k)))
+
+
+def _whisper_linear(x: torch.Tensor, mod: torch.nn.Module) -> torch.Tensor:
+    if not isinstance(mod, torch.nn.Linear):  # int8 mode: a dynamically quantised module
+        return mod(x)
+    return fast_linear(x, mod.weight.to(x.dtype), None if mod.bias is None else mod.bias.to(x.dtype))
+
+
+def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None) -> torch.Tensor:
+    """openai-whisper's `AudioEncoder.forward` (same modules, same operations), with two speed-ups:
+    linear layers go through `fast_linear`, and the last block computes its queries, MLP and ln_post only for
+    the first `n_keep` positions (the prompt uses no others; keys and values still span the whole 30 s window,
+    so the kept rows are unchanged). mel [B, n_mels, 3000] -> [B, n_keep or 1500, width]."""
+    x = F.gelu(enc.conv1(mel))
+    x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+    x = (x + enc.positional_embedding).to(x.dtype)
+    last = len(enc.blocks) - 1
+    for i, block in enumerate(enc.blocks):
+        attn, keep = block.attn, (n_keep if i == last else None)
+        h = block.attn_ln(x)
+        B, T, width = h.shape
+        heads = lambda t: t.view(B, t.shape[1], attn.n_head, -1).transpose(1, 2)  # noqa: E731
+        q = heads(_whisper_linear(h[:, :keep], attn.query))
+        k, v = heads(_whisper_linear(h, attn.key)), heads(_whisper_linear(h, attn.value))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x[:, :keep] + _whisper_linear(a, attn.out)
+        fc, act, proj = block.mlp
+        x = x + _whisper_linear(act(_whisper_linear(block.mlp_ln(x), fc)), proj)
+    return enc.ln_post(x)
 
 
 def load_whisper_encoder(path: Path):

@@ -163,7 +163,7 @@ class Omni:
     @torch.inference_mode()
     def _whisper_features(self, samples: np.ndarray) -> torch.Tensor:
         mel = audio_io.log_mel(samples).to(self.device)
-        return self.whisper(mel.unsqueeze(0))[0, :self._n_frames(samples)].float()
+        return audio_io.whisper_encode(self.whisper, mel.unsqueeze(0), self._n_frames(samples))[0].float()
 
     @torch.inference_mode()
     def encode_image(self, image) -> torch.Tensor:

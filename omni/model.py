@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .linear import Linear, fast_linear
 
 
 class RMSNorm(nn.Module):
@@ -37,33 +38,6 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
-
-
-def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, with the 1-4 row products of decoding on CPU fp32 computed as W @ x^T.
-
-    For so few rows MKL streams the [out, in] weight 3-5x faster through W @ x^T than through F.linear's
-    x @ W^T (measured on a 2-core EPYC: 20-34 GB/s against 6-10 GB/s), and two rows run faster than one, so a
-    single row is doubled. The result differs from F.linear only in summation order.
-    """
-    rows = x.numel() // x.shape[-1] if x.numel() else 0
-    if not (1 <= rows <= 4 and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype):
-        return F.linear(x, weight, bias)
-    # the fast path needs x row-major (x^T as a transposed view); the copies are a few KB
-    x2 = x.reshape(rows, x.shape[-1]).contiguous()
-    if rows == 1:
-        x2 = x2.expand(2, -1).contiguous()
-    y = torch.mm(weight, x2.t())[:, :rows].t().contiguous()
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*x.shape[:-1], weight.shape[0])
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) that decodes through `small_batch_linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return small_batch_linear(x, self.weight, self.bias)
 
 
 class KVCache:
@@ -226,12 +200,12 @@ class OmniLM(nn.Module):
         """[..., D] -> [..., text_vocab_size]: only the text columns of the head are computed."""
         if self.split_heads is not None:  # separate (e.g. quantised) copies of the two head slices
             return self.split_heads[0](h)
-        return small_batch_linear(h, self.lm_head.weight[: self.cfg.text_vocab_size])
+        return fast_linear(h, self.lm_head.weight[: self.cfg.text_vocab_size])
 
     def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., 7, audio_vocab_size]."""
         if self.split_heads is not None:
             out = self.split_heads[1](h)
         else:
-            out = small_batch_linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
+            out = fast_linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
         return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)

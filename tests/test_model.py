@@ -72,17 +72,17 @@ def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_mo
                                                         audio.flatten(1)], dim=-1).argmax(-1))
 
 
-@pytest.mark.parametrize("shape", [(1, 24), (2, 24), (2, 1, 24), (3, 24), (4, 1, 24), (5, 24), (0, 24)])
+@pytest.mark.parametrize("shape", [(1, 24), (2, 24), (2, 1, 24), (3, 24), (4, 1, 24), (5, 24), (3, 7, 24), (64, 24), (0, 24)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_small_batch_linear_matches_f_linear(shape, bias):
-    from omni.model import small_batch_linear
+def test_fast_linear_matches_f_linear(shape, bias):
+    from omni.linear import fast_linear
 
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(40, 24, generator=g), torch.randn(*shape, generator=g)
     b = torch.randn(40, generator=g) if bias else None
-    got, want = small_batch_linear(x, w, b), F.linear(x, w, b)
+    got, want = fast_linear(x, w, b), F.linear(x, w, b)
     assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
-    assert torch.equal(small_batch_linear(x.double(), w.double(), None if b is None else b.double()),
+    assert torch.equal(fast_linear(x.double(), w.double(), None if b is None else b.double()),
                        F.linear(x.double(), w.double(), None if b is None else b.double()))  # other dtypes: F.linear
 
 
@@ -160,7 +160,7 @@ def test_clip_preprocess_resizes_shorter_side_and_center_crops():
 def test_whisper_encoder_matches_openai_whisper_with_stored_positional_embedding(tiny_model, tiny_ckpt, media):
     import whisper
 
-    from omni.audio import load_audio, log_mel
+    from omni.audio import load_audio, log_mel, whisper_encode
 
     ref = whisper.load_model(str(tiny_ckpt / "small.pt"), device="cpu")  # openai-whisper's own loader
     stored = torch.load(tiny_ckpt / "small.pt", weights_only=True)["model_state_dict"]["encoder.positional_embedding"]
@@ -170,6 +170,9 @@ def test_whisper_encoder_matches_openai_whisper_with_stored_positional_embedding
     feats = tiny_model.encode_audio(media["speech16k"])
     n = int(len(load_audio(media["speech16k"])) / 16000 * 1000 / 20) + 1
     assert feats.shape == (n, tiny_model.whisper_dims.n_audio_state)
+    # the fast encoder (last block on the kept rows only) gives openai-whisper's values for those rows
+    assert torch.allclose(feats, ref.embed_audio(mel[None])[0, :n], atol=1e-5)
+    assert torch.allclose(whisper_encode(tiny_model.whisper, mel[None]), ref.embed_audio(mel[None]), atol=1e-5)
 
 
 def test_audio_loading_matches_whisper_ffmpeg_path_for_16k_wav(media):

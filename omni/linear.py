@@ -1,0 +1,57 @@
+"""F.linear with faster CPU fp32 kernels. Same values up to summation order; other devices and dtypes: F.linear.
+
+Measured on a 2-core EPYC (torch 2.x, MKL + oneDNN), fp32:
+- 1-4 rows (decoding): MKL streams an [out, in] weight 3-5x faster through W @ x^T than through F.linear's
+  x @ W^T (20-34 vs 6-10 GB/s), and two rows run faster than one, so a single row is doubled.
+- 5+ rows (prefill, Whisper, CLIP): oneDNN's matmul on the plain weight reaches 180-200 GFLOPS where MKL's
+  sgemm gets 130-160 (prefill shapes: 180 x 896 -> 4864 is 35 % faster).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _onednn_linear():
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:  # a private op: check it exists and agrees with F.linear before relying on it
+        x, w, b = torch.randn(5, 8), torch.randn(3, 8), torch.randn(3)
+        if not torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5):
+            return None
+    except (RuntimeError, TypeError):
+        return None
+    return op
+
+
+_ONEDNN = _onednn_linear()
+_SMALL_ROWS = 4  # up to this many rows: W @ x^T
+
+
+def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), faster for CPU fp32 (see the module note)."""
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype and x.numel()):
+        return F.linear(x, weight, bias)
+    rows = x.numel() // x.shape[-1]
+    if rows > _SMALL_ROWS:
+        if _ONEDNN is None:
+            return F.linear(x, weight, bias)
+        return _ONEDNN(x.contiguous(), weight.contiguous(), bias, "none", [], "")
+    # the W @ x^T path needs x row-major (x^T as a transposed view); the copies are a few KB
+    x2 = x.reshape(rows, x.shape[-1]).contiguous()
+    if rows == 1:
+        x2 = x2.expand(2, -1).contiguous()
+    y = torch.mm(weight, x2.t())[:, :rows].t().contiguous()
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) computed through `fast_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_linear(x, self.weight, self.bias)
