@@ -142,7 +142,7 @@ class Omni:
             say("quantising linear layers to int8 ...")
             quantize_int8(self)
         self.lm.to(self.device, self.dtype)
-        self.clip.to(self.device, self.dtype)
+        self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # fp32 always (as the official code; whisper's LayerNorm needs fp32 on CPU)
         self.snac.to(self.device)
         warm_up_snac(self.snac)
@@ -167,7 +167,7 @@ class Omni:
 
     @torch.inference_mode()
     def encode_image(self, image) -> torch.Tensor:
-        pixels = preprocess(open_image(image), self.clip.dims.image_size).to(self.device)
+        pixels = preprocess(open_image(image), self.clip.dims.image_size).to(self.device, self.dtype)
         return self.clip(pixels)[0].float()
 
     def encode_text(self, text: str) -> list[int]:

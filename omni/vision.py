@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CheckpointError, OmniInputError, check_input_file
+from .linear import fast_linear
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,20 +57,44 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+class Linear(nn.Linear):
+    """nn.Linear computing in the input's dtype: its weights may be kept in fp16 (the values CLIP was saved in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention's parameters (fused in_proj), batch first, computing in the input's dtype."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, tokens, width]
+        B, T, width = x.shape
+        qkv = fast_linear(x, self.in_proj_weight.to(x.dtype), self.in_proj_bias.to(x.dtype))
+        q, k, v = qkv.view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, width))
+
+
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads)
+        self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
+        self.mlp.add_module("c_fc", Linear(width, width * 4))
         self.mlp.add_module("gelu", QuickGELU())
-        self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
+        self.mlp.add_module("c_proj", Linear(width * 4, width))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [tokens, batch, width]
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, tokens, width]
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -95,13 +121,14 @@ class VisionTransformer(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] -> [B, n_tokens, output_dim]: class token first, then patches row-major."""
-        x = self.conv1(pixels.to(self.conv1.weight.dtype))
+        """Computes in the dtype of `pixels`."""
+        x = F.conv2d(pixels, self.conv1.weight.to(pixels.dtype), stride=self.conv1.stride)
         x = x.flatten(2).transpose(1, 2)  # [B, grid^2, width]
         cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.ln_pre(x)
-        x = self.transformer(x.transpose(0, 1)).transpose(0, 1)
-        return self.ln_post(x) @ self.proj  # the fork: every token, not only the class token
+        x = self.transformer(x)
+        return self.ln_post(x) @ self.proj.to(x.dtype)  # the fork: every token, not only the class token
 
 
 def load_clip_state(path: Path) -> dict[str, torch.Tensor]:
@@ -127,12 +154,13 @@ def _fp16_rounded(key: str) -> bool:
 
 def load_vision_encoder(path: Path) -> VisionTransformer:
     sd = load_clip_state(path)
-    # Same values as the official path for any archive: a no-op for OpenAI's fp16 file, not for an fp32 one.
-    sd = {k: v.half().float() if _fp16_rounded(k) else v for k, v in sd.items()}
+    # The official loader rounds these to fp16 (then computes in fp32 on the CPU): keeping them in fp16 gives the
+    # same values at half the memory (the layers cast them to the input's dtype per call).
+    sd = {k: v.half() if _fp16_rounded(k) else v.float() for k, v in sd.items()}
     dims = VisionDimensions.from_state_dict(sd)
     with torch.device("meta"):
         model = VisionTransformer(dims)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"{path}: CLIP keys do not match a ViT of width {dims.width}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -139,7 +139,7 @@ def test_clip_matches_transformers_clip_vision_model(tiny_model, media):
     pixels = preprocess(open_image(media["image"]), d.image_size)
     ours = clip(pixels)
     hidden = hf(pixel_values=pixels).last_hidden_state  # pre-ln_post tokens
-    ref = hf.post_layernorm(hidden) @ sd["proj"]  # the fork: ln_post + proj on all tokens
+    ref = hf.post_layernorm(hidden) @ sd["proj"].float()  # the fork: ln_post + proj on all tokens
     assert ours.shape == (1, d.n_tokens, d.output_dim)
     assert torch.allclose(ours, ref, atol=1e-4)
 
