@@ -36,9 +36,11 @@ def quantize_int8(omni) -> None:
     lm = omni.lm
     text = lm.cfg.text_vocab_size
     w = lm.lm_head.weight.detach()
-    heads = nn.ModuleList([nn.Linear(w.shape[1], text, bias=False), nn.Linear(w.shape[1], w.shape[0] - text, bias=False)])
-    heads[0].weight = nn.Parameter(w[:text].clone())
-    heads[1].weight = nn.Parameter(w[text:].clone())
+    # views of the shared matrix (row slices are contiguous): no fp32 copy next to the loaded weights
+    heads = nn.ModuleList([nn.Linear(w.shape[1], text, bias=False, device="meta"),
+                           nn.Linear(w.shape[1], w.shape[0] - text, bias=False, device="meta")])
+    heads[0].weight = nn.Parameter(w[:text], requires_grad=False)
+    heads[1].weight = nn.Parameter(w[text:], requires_grad=False)
     lm.split_heads = _dynamic(heads)
     for part in (lm.transformer.h, lm.whisper_adapter, lm.vision_adapter):
         _swap_subclassed_linears(part)

@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import omni
 from omni.events import AudioChunk, Finished, TextDelta
@@ -168,10 +169,16 @@ def test_audio_as_array_at_any_rate_and_channels(tiny_model, media):
     assert r.prompt_length == r2.prompt_length > 3
 
 
-def test_int8_speed_mode_runs(tiny_ckpt, media):
+def test_int8_speed_mode_runs(tiny_ckpt, tiny_model, media):
     m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
     r = m.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=10))
     assert len(r.text_ids) == 10 and len(r.audio) == 3 * 2048
+    # the int8 head slices (quantised from views of the shared matrix) approximate the fp32 heads
+    h = torch.randn(2, m.cfg.n_embd, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for head in ("text_logits", "audio_logits"):
+            got, want = getattr(m.lm, head)(h).flatten(), getattr(tiny_model.lm, head)(h).flatten()
+            assert got.shape == want.shape and torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.99
 
 
 def test_budget_error_comes_before_the_encoders_run(tiny_model, media, monkeypatch):
