@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--multi-turn", action="store_true", help="send earlier exchanges as context (opt-in: the "
                                                              "official weights are single-turn)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="answer length budget (512)")
+    p.add_argument("--prebuffer", type=float, default=0.3, help="seconds of speech queued before playback starts "
+                   "while the answer is still being generated (0.3; more is smoother on a slow CPU, 0 plays at once)")
     p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4); model requests "
                                                            "are queued one at a time in any case")
     p.add_argument("--recordings", default=None, help="folder for session audio/images (default: a temp folder; "
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
     phrases = parse_phrases(args.phrases) if args.phrases else DEFAULT_PHRASES
     try:
         config = EngineConfig(vad=VADConfig(end_silence_s=args.end_silence), policy=args.policy, phrases=phrases,
-                              multi_turn=args.multi_turn, max_new_tokens=args.max_new_tokens).validate()
+                              multi_turn=args.multi_turn, max_new_tokens=args.max_new_tokens,
+                              prebuffer_s=args.prebuffer).validate()
     except ValueError as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2

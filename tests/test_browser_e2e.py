@@ -328,8 +328,11 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         # settings apply to this session; a bad phrase list is refused with a message
         page.get_by_text("Interruption and turn-taking settings").click()
         page.get_by_text("off", exact=True).click()
+        page.locator("#prebuffer input[type=number]").fill("0.5")
+        page.locator("#prebuffer input[type=number]").press("Enter")
         page.locator("#apply").click()
         wait_for(lambda: "policy off" in page.locator("#settings-note").inner_text(), 15, page, "settings applied")
+        assert "prebuffer 0.5 s" in page.locator("#settings-note").inner_text()
         page.locator("#phrases textarea").fill(" , ")
         page.locator("#apply").click()
         wait_for(lambda: "at least one stop phrase" in page.locator("body").inner_text(), 15, page, "the error")

@@ -62,6 +62,9 @@ class EngineConfig:
     stride: int | None = None  # frames per audio chunk; None: the model's default for stream_mode
     stream_mode: str = "smooth"
     playback_lead_s: float = 0.04  # audio handed to the transport ahead of real time
+    # speech queued before playback starts (and restarts after running dry) while the answer is still being
+    # generated: absorbs the uneven pace of the first chunks of a model near real time (e.g. int8 on 2 cores)
+    prebuffer_s: float = 0.3
     max_ahead_s: float = 3.0  # generation pauses when this much speech is waiting to be played
 
     def validate(self) -> "EngineConfig":
@@ -72,6 +75,8 @@ class EngineConfig:
             raise ValueError("give at least one stop phrase")
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError("max_new_tokens must be between 1 and 4096")
+        if not 0 <= self.prebuffer_s <= 10:
+            raise ValueError("prebuffer must be between 0 and 10 seconds")
         return self
 
 
@@ -436,9 +441,12 @@ class Session:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if self._playback and not self._ducked:
-                    if self._speaking_since is None or now - (self._play_t0 + self._sent / OUT_RATE) > 0.25:
-                        # start or underrun (model slower than real time): re-anchor the play clock
+                starting = self._speaking_since is None or now - (self._play_t0 + self._sent / OUT_RATE) > 0.25
+                if self._playback and not self._ducked and starting and self._job is not None \
+                        and sum(len(c) for c in self._playback) < self.config.prebuffer_s * OUT_RATE:
+                    wait = deadline - now  # start or underrun while still generating: let the buffer fill first
+                elif self._playback and not self._ducked:
+                    if starting:  # start or underrun (model slower than real time): re-anchor the play clock
                         self._play_t0 = now - self._sent / OUT_RATE
                         if self._speaking_since is None:
                             self._speaking_since = now

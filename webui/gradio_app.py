@@ -427,7 +427,8 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
             s.clear()
         return [], []
 
-    def settings(sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard, multi_turn, max_tokens):
+    def settings(sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard, multi_turn, max_tokens,
+                 prebuffer):
         s = need_session(sid)
         ph = parse_phrases(phrases)
         if not ph:
@@ -435,10 +436,12 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         try:
             s.update_config(policy=policy, phrases=ph, duck_on_speech=bool(duck), end_silence_s=float(end_silence),
                             onset_s=float(onset), pre_roll_s=float(pre_roll), threshold=float(threshold),
-                            echo_guard_s=float(guard), multi_turn=bool(multi_turn), max_new_tokens=int(max_tokens))
+                            echo_guard_s=float(guard), multi_turn=bool(multi_turn), max_new_tokens=int(max_tokens),
+                            prebuffer_s=float(prebuffer))
         except ValueError as e:
             raise gr.Error(str(e))
-        return f"Settings applied: policy {policy}; stop phrases: {', '.join(ph)}."
+        return (f"Settings applied: policy {policy}; stop phrases: {', '.join(ph)}; "
+                f"playback prebuffer {s.config.prebuffer_s:g} s.")
 
     cfg = app.opts.config or EngineConfig()
     with gr.Blocks(title=title, css=CSS, head=HEAD_JS, theme=gr.themes.Soft()) as demo:
@@ -507,6 +510,9 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                 multi_turn = gr.Checkbox(cfg.multi_turn, label="Multi-turn context (typed turns; the official "
                                          "weights are single-turn)")
                 max_tokens = gr.Slider(16, 2048, cfg.max_new_tokens, step=16, label="Max new tokens")
+                prebuffer = gr.Slider(0.0, 2.0, cfg.prebuffer_s, step=0.05, label="Playback prebuffer (s)",
+                                      info="speech queued before playback starts: more is smoother on a slow machine",
+                                      elem_id="prebuffer")
                 apply = gr.Button("Apply settings", elem_id="apply")
             settings_note = gr.Markdown(elem_id="settings-note")
 
@@ -527,7 +533,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         clear_btn.click(clear, [sid], [chat, latency])
         export_btn.click(export, [sid], [export_file])
         apply.click(settings, [sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard,
-                               multi_turn, max_tokens], [settings_note])
+                               multi_turn, max_tokens, prebuffer], [settings_note])
     return demo
 
 

@@ -1,0 +1,65 @@
+"""Playback pacing: the prebuffer absorbs an uneven start, and never holds back an answer that is complete."""
+
+import time
+
+import numpy as np
+import pytest
+from webui_fixtures import OUT, SR, Options, run_realtime, silence
+
+from omni.events import AudioChunk, Finished, Result, Stats
+from webui.engine import Engine, EngineConfig
+
+
+class UnevenModel:
+    """Speaks a steady tone in chunks that arrive on a fixed schedule: [(delay before the chunk, seconds)]."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def stream(self, task, audio=None, image=None, text=None, options=None, stride=None, mode="smooth", cancel=None):
+        stats = Stats(task=task, prompt_length=10)
+        t = np.arange(int(sum(s for _, s in self.schedule) * OUT)) / OUT
+        pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
+        pos = 0
+        for delay, seconds in self.schedule:
+            time.sleep(delay)
+            n = int(seconds * OUT)
+            stats.audio_seconds += n / OUT
+            yield AudioChunk(pcm[pos:pos + n])
+            pos += n
+        yield Finished(Result(task, 10, [], [], "", pcm, stats))
+
+
+# like int8 on 2 cores: two short chunks, the second one late, then the pace is comfortably real time
+UNEVEN = [(0.1, 0.17), (0.35, 0.17), (0.15, 0.34), (0.2, 0.34), (0.2, 0.68), (0.4, 0.68)]
+
+
+def played_speech(model, prebuffer_s):
+    engine = Engine(model, EngineConfig(policy="off", prebuffer_s=prebuffer_s), recordings_dir=None,
+                    options_cls=Options)
+    try:
+        s = engine.new_session()
+        s.attach_transport()
+        s.send_text("hello", speak=True)
+        t_sent = time.monotonic()
+        played = run_realtime(s, silence(4.0, SR))
+        loud = [p.t for p in played if p.rms > 0.05]
+        gaps = np.diff(loud)
+        return loud[0] - t_sent, float(gaps.max()) if len(gaps) else 0.0, len(loud) * 0.02
+    finally:
+        engine.close()
+
+
+def test_prebuffer_trades_a_short_wait_for_gap_free_speech():
+    total = sum(s for _, s in UNEVEN)
+    start0, gap0, heard0 = played_speech(UnevenModel(UNEVEN), 0.0)
+    start, gap, heard = played_speech(UnevenModel(UNEVEN), 0.3)
+    assert heard0 == pytest.approx(total, abs=0.08) and heard == pytest.approx(total, abs=0.08)  # nothing lost
+    assert gap0 > 0.15  # without a prebuffer the first chunk plays at once and then the output runs dry
+    # with it, playback waits for the second chunk (0.45 s in) and then never stops
+    assert 0.45 <= start < 1.0 and start > start0 + 0.2 and gap < 0.1
+
+
+def test_prebuffer_does_not_hold_back_a_finished_short_answer():
+    start, _, heard_s = played_speech(UnevenModel([(0.1, 0.1)]), 1.0)
+    assert start < 0.35 and heard_s == pytest.approx(0.1, abs=0.04)
