@@ -44,6 +44,38 @@ def _decode_ms(model, x, steps: int) -> tuple[list[float], float]:
     return times, prefill
 
 
+def playback_gaps(chunks: list[tuple[float, float]], finished: float, prebuffer_s: float = 0.0,
+                  rebuffer_after_s: float = 0.25) -> tuple[float, float, int]:
+    """What a listener hears from chunks arriving at (time, seconds): (start time, seconds of gaps, gaps).
+
+    The player is the app's (webui.engine): it starts once `prebuffer_s` of speech is queued (or the answer is
+    complete at `finished`); when it has run dry for more than `rebuffer_after_s` it waits for the prebuffer
+    again, a shorter gap is simply played through. prebuffer_s 0: a player that starts with the first chunk.
+    """
+    start, play_end, stall_s, stalls = None, None, 0.0, 0
+    queued, wait_from = 0.0, None  # speech waiting for the (re)start, and when the waiting began
+    for i, (t, seconds) in enumerate(chunks):
+        if play_end is not None and t > play_end and wait_from is None:
+            if t - play_end <= rebuffer_after_s:  # a short gap: play on at once
+                stall_s, stalls = stall_s + t - play_end, stalls + 1
+                play_end = t + seconds
+                continue
+            wait_from, queued = play_end, 0.0  # ran dry: refill first
+        if play_end is not None and wait_from is None:
+            play_end += seconds
+            continue
+        queued += seconds
+        last = i == len(chunks) - 1
+        if queued >= prebuffer_s or last:
+            go = t if queued >= prebuffer_s else max(t, finished)
+            if start is None:
+                start = go
+            else:
+                stall_s, stalls = stall_s + go - wait_from, stalls + 1
+            play_end, wait_from = go + queued, None
+    return (start if start is not None else 0.0), stall_s, stalls
+
+
 def token_agreement(model, reference, n: int, max_new: int = 24) -> dict:
     """Compare greedy tokens of `model` with `reference` (fp32) on n text prompts (T1A2 and T1T2)."""
     same_prompts, agree, total = 0, 0, 0
@@ -79,16 +111,14 @@ def run_bench(a) -> dict:
     ttfa, first_chunk_s, rtf, stream_rtf, audio_s, wall = None, 0.0, None, None, 0.0, 0.0
     n_stream = min(a.stream_steps, model.cfg.block_size - prompt.length)
     t1 = time.perf_counter()
-    play_end, stall_s, stalls = None, 0.0, 0  # a player that starts with the first chunk and never skips
+    arrivals: list[tuple[float, float]] = []
     gapless, audio_before = 0.0, 0.0
     for ev in model.stream("A1A2", audio=question, options=DecodingOptions(max_new_tokens=n_stream)):
         if isinstance(ev, AudioChunk):
             now = time.perf_counter() - t1
             if ttfa is None:
                 ttfa, first_chunk_s = now, ev.seconds
-            if play_end is not None and now > play_end:
-                stall_s, stalls = stall_s + now - play_end, stalls + 1
-            play_end = max(play_end or now, now) + ev.seconds
+            arrivals.append((now, ev.seconds))
             gapless = max(gapless, now - audio_before)  # a player starting this late never runs dry
             audio_before += ev.seconds
         if isinstance(ev, Finished):
@@ -98,6 +128,8 @@ def run_bench(a) -> dict:
             if ttfa is not None and audio_s > first_chunk_s:
                 # pace after the first chunk: < 1 is faster than playback on average (gaps: stall_s, gapless_start_s)
                 stream_rtf = (wall - ttfa) / (audio_s - first_chunk_s)
+    _, stall_s, stalls = playback_gaps(arrivals, wall)  # a player that starts with the first chunk
+    app_start, app_stall_s, app_stalls = playback_gaps(arrivals, wall, a.prebuffer)  # the app's player
     out = {
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -107,6 +139,8 @@ def run_bench(a) -> dict:
         "rtf": round(rtf, 3) if rtf else None, "stream_rtf": round(stream_rtf, 3) if stream_rtf else None,
         "stream_audio_s": round(audio_s, 2), "stream_wall_s": round(wall, 2),
         "stall_s": round(stall_s, 3), "stalls": stalls, "gapless_start_s": round(gapless, 3),
+        "app_prebuffer_s": a.prebuffer, "app_start_s": round(app_start, 3), "app_stall_s": round(app_stall_s, 3),
+        "app_stalls": app_stalls,
         "peak_rss_mb": round(peak_rss_mb(), 0),
     }
     if model.device.type == "cuda":

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stream-steps", type=int, default=200, help="length of the streamed answer used for time to "
                    "first audio and real-time factor (default 200 steps = 16 s of speech)")
     b.add_argument("--seconds", type=float, default=3.5, help="length of the spoken test question (default 3.5)")
+    b.add_argument("--prebuffer", type=float, default=0.3, help="prebuffer of the simulated app player, seconds "
+                   "(default 0.3, as the app): app_start_s / app_stall_s are what its listener hears")
     b.add_argument("--json", help="write the figures here as JSON")
     b.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="also measure token agreement with fp32 over N prompts (speed modes)")

@@ -136,5 +136,25 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert abs(1000 / got["steps_per_s"] - got["decode_ms_per_step"]) <= 0.05 + 0.001 * got["decode_ms_per_step"]
     assert got["prompt_length"] == int(3500 / 20) + 1 + 3
     assert 0 <= got["stall_s"] <= got["stream_wall_s"] and got["stalls"] >= 0  # gaps a player would have
+    assert got["app_prebuffer_s"] == 0.3 and got["app_stall_s"] >= 0
+    if got["ttfa_s"] is None:  # the random int8 model may end at once: then nothing is played
+        assert got["stream_audio_s"] == 0 and got["app_start_s"] == 0
+    else:
+        assert got["app_start_s"] >= got["ttfa_s"]
     agreement = got["token_agreement"]
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
+
+
+def test_playback_gaps_model_the_app_player():
+    from omni.bench import playback_gaps
+
+    chunks = [(1.0, 0.2), (1.5, 0.2), (1.6, 0.4), (1.9, 0.8)]  # the second chunk is 0.3 s late for a player at 1.0
+    assert playback_gaps(chunks, finished=2.0) == pytest.approx((1.0, 0.3, 1))  # 0.3 s > 0.25: rebuffer, 1 gap
+    # with a 0.3 s prebuffer the player starts at the second chunk and never runs dry
+    assert playback_gaps(chunks, finished=2.0, prebuffer_s=0.3) == pytest.approx((1.5, 0.0, 0))
+    # a short gap is played through at once; a prebuffer larger than the answer waits for its end
+    assert playback_gaps([(1.0, 0.2), (1.3, 0.2)], finished=1.4) == pytest.approx((1.0, 0.1, 1))
+    assert playback_gaps([(1.0, 0.2), (1.1, 0.2)], finished=1.4, prebuffer_s=1.0) == pytest.approx((1.4, 0.0, 0))
+    # running dry for long while playing: wait for the prebuffer again
+    start, stall, n = playback_gaps([(0.0, 0.3), (1.0, 0.1), (1.2, 0.3)], finished=2.0, prebuffer_s=0.3)
+    assert (start, n) == (0.0, 1) and stall == pytest.approx(1.2 - 0.3)
