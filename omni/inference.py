@@ -221,14 +221,16 @@ class Omni:
     # -- generation ------------------------------------------------------------------------------------
     def stream(self, task: str, audio=None, image=None, text=None, options: DecodingOptions | None = None,
                stride: int | None = None, mode: str = "smooth", cancel: threading.Event | None = None,
-               overlap: bool = True) -> Iterator[TextDelta | AudioChunk | Finished]:
+               overlap: bool | None = None) -> Iterator[TextDelta | AudioChunk | Finished]:
         """Yield TextDelta / AudioChunk events as they are generated, then one Finished event.
 
         mode "smooth" plays the first 2 frames as soon as they can be decoded seamlessly, then growing chunks of
         up to `stride` frames (default 16), joined without clicks, tail included; "official" reproduces the official
         chunking (independent `stride`-frame chunks, default 4, tail dropped). Tokens are the same in both.
-        With `overlap`, SNAC runs on a worker thread while the next tokens are decoded. Setting `cancel` stops
-        within one decode step; the KV cache is freed when the generator ends.
+        With `overlap`, SNAC runs on a worker thread while the next tokens are decoded. The default overlaps on CUDA
+        only: on a CPU the two would share the cores, and on 2 cores decoding SNAC between the steps was measured
+        faster (int8 time to first audio 2.05 -> 1.82 s, fp32 pace 1.54 -> 1.22 x real time, medians).
+        Setting `cancel` stops within one decode step; the KV cache is freed when the generator ends.
         """
         opts = options or DecodingOptions()
         opts.validate()
@@ -247,6 +249,8 @@ class Omni:
         text_ids: list[int] = []
         pcm: list[np.ndarray] = []
         decoder = SpeechDecoder(self.snac, self.vocab.n_codes, stride, mode) if speech else None
+        if overlap is None:
+            overlap = self.device.type == "cuda"
         pool = ThreadPoolExecutor(1, thread_name_prefix="snac") if speech and overlap else None
         pending: deque[Future] = deque()
         t_first = None

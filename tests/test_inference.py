@@ -41,6 +41,21 @@ def test_stream_and_generate_give_the_same_tokens_in_both_modes(tiny_model, medi
         assert fin.result.text_ids == ref.text_ids and fin.result.audio_ids == ref.audio_ids
 
 
+def test_snac_on_a_worker_thread_gives_the_same_stream(tiny_model, media, monkeypatch):
+    """overlap=True (the CUDA default) renders on a worker thread; the events are those of the serial CPU path."""
+    import snac.layers
+
+    monkeypatch.setattr(snac.layers.NoiseBlock, "forward", lambda self, x: x)  # SNAC adds random noise otherwise
+    runs = {}
+    for overlap in (False, True):
+        events = list(tiny_model.stream("A1A2", audio=media["speech16k"], options=OPTS, overlap=overlap))
+        runs[overlap] = ("".join(e.text for e in events if isinstance(e, TextDelta)),
+                         [e.pcm for e in events if isinstance(e, AudioChunk)], events[-1].result.audio_ids)
+    (text0, pcm0, ids0), (text1, pcm1, ids1) = runs[False], runs[True]
+    assert text0 == text1 and ids0 == ids1 and len(pcm0) == len(pcm1) > 1
+    assert all(np.array_equal(a, b) for a, b in zip(pcm0, pcm1))
+
+
 def test_official_chunking_drops_the_tail_and_smooth_mode_keeps_it(tiny_model, media):
     q = dict(audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=N))
     off = list(tiny_model.stream("A1A2", mode="official", stride=4, **q))
