@@ -53,7 +53,8 @@ def test_snac_on_a_worker_thread_gives_the_same_stream(tiny_model, media, monkey
                          [e.pcm for e in events if isinstance(e, AudioChunk)], events[-1].result.audio_ids)
     (text0, pcm0, ids0), (text1, pcm1, ids1) = runs[False], runs[True]
     assert text0 == text1 and ids0 == ids1 and len(pcm0) == len(pcm1) > 1
-    assert all(np.array_equal(a, b) for a, b in zip(pcm0, pcm1))
+    # the same samples up to float summation order (a thread may split SNAC's convolutions differently)
+    assert all(len(a) == len(b) and np.abs(a.astype(np.int32) - b).max() <= 4 for a, b in zip(pcm0, pcm1))
 
 
 def test_official_chunking_drops_the_tail_and_smooth_mode_keeps_it(tiny_model, media):
