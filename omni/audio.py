@@ -102,6 +102,11 @@ def _whisper_linear(x: torch.Tensor, mod: torch.nn.Module) -> torch.Tensor:
     return fast_linear(x, mod.weight.to(x.dtype), None if mod.bias is None else mod.bias.to(x.dtype))
 
 
+def _split_heads(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """[B, T, width] -> [B, n_head, T, width / n_head]"""
+    return t.view(*t.shape[:2], n_head, -1).transpose(1, 2)
+
+
 def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None) -> torch.Tensor:
     """openai-whisper's `AudioEncoder.forward` (same modules, same operations), with two speed-ups:
     linear layers go through `fast_linear`, and the last block computes its queries, MLP and ln_post only for
@@ -114,10 +119,9 @@ def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None) -> torch.T
     for i, block in enumerate(enc.blocks):
         attn, keep = block.attn, (n_keep if i == last else None)
         h = block.attn_ln(x)
-        B, T, width = h.shape
-        heads = lambda t: t.view(B, t.shape[1], attn.n_head, -1).transpose(1, 2)  # noqa: E731
-        q = heads(_whisper_linear(h[:, :keep], attn.query))
-        k, v = heads(_whisper_linear(h, attn.key)), heads(_whisper_linear(h, attn.value))
+        q = _split_heads(_whisper_linear(h[:, :keep], attn.query), attn.n_head)
+        k = _split_heads(_whisper_linear(h, attn.key), attn.n_head)
+        v = _split_heads(_whisper_linear(h, attn.value), attn.n_head)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
         x = x[:, :keep] + _whisper_linear(a, attn.out)
         fc, act, proj = block.mlp
