@@ -138,8 +138,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
-    app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=args.checkpoint == "tiny", device=args.device, dtype=args.dtype,
-                              quantize=args.quantize, asr=args.asr, recordings=args.recordings,
+    app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=args.checkpoint == "tiny", device=args.device,
+                              dtype=args.dtype, quantize=args.quantize, asr=args.asr, recordings=args.recordings,
                               events_path=args.events, max_voice=args.max_voice, config=config))
     app.load_in_background()  # the page comes up at once and shows loading progress
     print(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)", flush=True)

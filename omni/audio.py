@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError, OmniInputError, check_input_file
-from .linear import fast_linear
+from .linear import fast_linear_cast
 
 SAMPLE_RATE = 16000
 N_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window
@@ -99,7 +99,7 @@ def log_mel(audio16k: np.ndarray) -> torch.Tensor:
 def _whisper_linear(x: torch.Tensor, mod: torch.nn.Module) -> torch.Tensor:
     if not isinstance(mod, torch.nn.Linear):  # int8 mode: a dynamically quantised module
         return mod(x)
-    return fast_linear(x, mod.weight.to(x.dtype), None if mod.bias is None else mod.bias.to(x.dtype))
+    return fast_linear_cast(x, mod.weight, mod.bias)
 
 
 def _split_heads(t: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -108,26 +108,24 @@ def run_bench(a) -> dict:
     times, prefill_s = _decode_ms(model, x, a.steps)
     decode_ms = statistics.median(times) * 1000
     # whole request as a user sees it: encoders + prefill + streamed SNAC chunks
-    ttfa, first_chunk_s, rtf, stream_rtf, audio_s, wall = None, 0.0, None, None, 0.0, 0.0
+    rtf, stream_rtf, audio_s, wall = None, None, 0.0, 0.0
     n_stream = min(a.stream_steps, model.cfg.block_size - prompt.length)
     t1 = time.perf_counter()
-    arrivals: list[tuple[float, float]] = []
-    gapless, audio_before = 0.0, 0.0
+    arrivals: list[tuple[float, float]] = []  # (time since the request, seconds of speech) per chunk
     for ev in model.stream("A1A2", audio=question, options=DecodingOptions(max_new_tokens=n_stream)):
         if isinstance(ev, AudioChunk):
-            now = time.perf_counter() - t1
-            if ttfa is None:
-                ttfa, first_chunk_s = now, ev.seconds
-            arrivals.append((now, ev.seconds))
-            gapless = max(gapless, now - audio_before)  # a player starting this late never runs dry
-            audio_before += ev.seconds
+            arrivals.append((time.perf_counter() - t1, ev.seconds))
         if isinstance(ev, Finished):
             wall = time.perf_counter() - t1
             audio_s = ev.stats.audio_seconds
             rtf = ev.stats.real_time_factor  # wall time of the whole request / seconds of speech produced
-            if ttfa is not None and audio_s > first_chunk_s:
-                # pace after the first chunk: < 1 is faster than playback on average (gaps: stall_s, gapless_start_s)
-                stream_rtf = (wall - ttfa) / (audio_s - first_chunk_s)
+    ttfa, first_chunk_s = arrivals[0] if arrivals else (None, 0.0)
+    if ttfa is not None and audio_s > first_chunk_s:
+        # pace after the first chunk: < 1 is faster than playback on average (gaps: stall_s, gapless_start_s)
+        stream_rtf = (wall - ttfa) / (audio_s - first_chunk_s)
+    # a player starting this late never runs dry: each chunk arrives before the speech before it is played
+    starts = np.cumsum([0.0] + [s for _, s in arrivals[:-1]])
+    gapless = max((t - before for (t, _), before in zip(arrivals, starts)), default=0.0)
     _, stall_s, stalls = playback_gaps(arrivals, wall)  # a player that starts with the first chunk
     app_start, app_stall_s, app_stalls = playback_gaps(arrivals, wall, a.prebuffer)  # the app's player
     out = {

@@ -37,13 +37,20 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return dev
 
 
-def _mmap_threshold(nbytes: int) -> None:
+def _glibc():
+    """glibc's allocator controls, or None where the C library is another one (then memory tuning is skipped)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _mmap_threshold(nbytes: int) -> None:
+    if (libc := _glibc()) is not None:
+        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
 
 
 def peak_rss_mb() -> float:
@@ -55,12 +62,8 @@ def peak_rss_mb() -> float:
 
 def release_freed_memory() -> None:
     """Hand memory freed after loading back to the OS (glibc keeps it otherwise): lowers resident memory."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
 
 
 def _progress(enabled: bool):

@@ -50,8 +50,13 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def fast_linear_cast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`fast_linear` in x's dtype: weights kept in another dtype (CLIP's and Whisper's fp16) are cast per call."""
+    return fast_linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) computed through `fast_linear`."""
+    """nn.Linear (same parameters and state dict) computed through `fast_linear`, in the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_linear(x, self.weight, self.bias)
+        return fast_linear_cast(x, self.weight, self.bias)

@@ -8,12 +8,18 @@ import torch
 import torch.nn as nn
 
 
-def _plain_linear(mod: nn.Linear) -> nn.Linear:
-    out = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
-    out.weight = nn.Parameter(mod.weight.detach().float(), requires_grad=False)  # shared when already fp32
-    if mod.bias is not None:
-        out.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
+def _linear_over(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A plain nn.Linear whose parameters are these tensors (no copy, no random init)."""
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    out.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias, requires_grad=False)
     return out
+
+
+def _plain_linear(mod: nn.Linear) -> nn.Linear:
+    # .float() shares the tensor when it is already fp32
+    return _linear_over(mod.weight.detach().float(), None if mod.bias is None else mod.bias.detach().float())
 
 
 def _swap_subclassed_linears(root: nn.Module) -> None:
@@ -37,10 +43,7 @@ def quantize_int8(omni) -> None:
     text = lm.cfg.text_vocab_size
     w = lm.lm_head.weight.detach()
     # views of the shared matrix (row slices are contiguous): no fp32 copy next to the loaded weights
-    heads = nn.ModuleList([nn.Linear(w.shape[1], text, bias=False, device="meta"),
-                           nn.Linear(w.shape[1], w.shape[0] - text, bias=False, device="meta")])
-    heads[0].weight = nn.Parameter(w[:text], requires_grad=False)
-    heads[1].weight = nn.Parameter(w[text:], requires_grad=False)
+    heads = nn.ModuleList([_linear_over(w[:text]), _linear_over(w[text:])])
     lm.split_heads = _dynamic(heads)
     for part in (lm.transformer.h, lm.whisper_adapter, lm.vision_adapter):
         _swap_subclassed_linears(part)

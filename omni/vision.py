@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CheckpointError, OmniInputError, check_input_file
-from .linear import fast_linear
+from .linear import Linear, fast_linear_cast
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,13 +57,6 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class Linear(nn.Linear):
-    """nn.Linear computing in the input's dtype: its weights may be kept in fp16 (the values CLIP was saved in)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-
 class Attention(nn.Module):
     """nn.MultiheadAttention's parameters (fused in_proj), batch first, computing in the input's dtype."""
 
@@ -76,7 +69,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, tokens, width]
         B, T, width = x.shape
-        qkv = fast_linear(x, self.in_proj_weight.to(x.dtype), self.in_proj_bias.to(x.dtype))
+        qkv = fast_linear_cast(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, width))
@@ -120,8 +113,8 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(torch.zeros(d.width, d.output_dim))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, 3, S, S] -> [B, n_tokens, output_dim]: class token first, then patches row-major."""
-        """Computes in the dtype of `pixels`."""
+        """pixels [B, 3, S, S] -> [B, n_tokens, output_dim]: class token first, then patches row-major.
+        Computes in the dtype of `pixels` (fp16-kept weights are cast)."""
         x = F.conv2d(pixels, self.conv1.weight.to(pixels.dtype), stride=self.conv1.stride)
         x = x.flatten(2).transpose(1, 2)  # [B, grid^2, width]
         cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)

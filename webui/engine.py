@@ -443,7 +443,7 @@ class Session:
                 now = time.monotonic()
                 starting = self._speaking_since is None or now - (self._play_t0 + self._sent / OUT_RATE) > 0.25
                 if self._playback and not self._ducked and starting and self._job is not None \
-                        and sum(len(c) for c in self._playback) < self.config.prebuffer_s * OUT_RATE:
+                        and self._queued_s() < self.config.prebuffer_s:
                     wait = deadline - now  # start or underrun while still generating: let the buffer fill first
                 elif self._playback and not self._ducked:
                     if starting:  # start or underrun (model slower than real time): re-anchor the play clock
@@ -460,6 +460,10 @@ class Session:
                 if wait <= 0:
                     return None
                 self._cond.wait(wait)
+
+    def _queued_s(self) -> float:
+        """Seconds of speech generated and not yet handed to the transport."""
+        return sum(len(c) for c in self._playback) / OUT_RATE
 
     def _take(self, samples: int) -> np.ndarray:
         out = np.zeros(samples, np.int16)
@@ -834,7 +838,7 @@ class Session:
         t0 = time.monotonic()
         try:
             while turn is self._current and turn.status != "interrupted" and not self.closed:
-                ahead = sum(len(c) for c in self._playback) / OUT_RATE
+                ahead = self._queued_s()
                 # while paused for a possible stop command, leave the CPU to the command check
                 checking = self._ducked and time.monotonic() - t0 < self.config.command_max_s + 2.0
                 if ahead <= limit and not checking:
