@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import OmniError
+from .errors import OmniError, OmniInputError
 from .tokens import SPEECH_TASKS, TASKS
 
 TASK_HELP = ("A1A2: voice -> speech+text; A1T2: voice -> text; ASR: voice -> transcript; T1A2: text -> speech+text; "
@@ -118,7 +118,6 @@ def cmd_generate(a) -> int:
 def _check_inputs(a):
     """Read the inputs the task needs (clear errors for anything missing or broken); return audio, image."""
     from .audio import SAMPLE_RATE, load_audio
-    from .errors import OmniInputError
     from .tokens import AUDIO_INPUT_TASKS, TEXT_INPUT_TASKS
     from .vision import open_image
 
@@ -157,6 +156,11 @@ def cmd_download(a) -> int:
 def cmd_bench(a) -> int:
     from .bench import run_bench
 
+    for name, value, least in (("--steps", a.steps, 1), ("--stream-steps", a.stream_steps, 1),
+                               ("--seconds", a.seconds, 0.1), ("--prebuffer", a.prebuffer, 0),
+                               ("--agreement", a.agreement, 0)):
+        if value < least:
+            raise OmniInputError(f"{name} must be >= {least} (got {value})")
     run_bench(a)
     return 0
 

@@ -158,3 +158,10 @@ def test_playback_gaps_model_the_app_player():
     # running dry for long while playing: wait for the prebuffer again
     start, stall, n = playback_gaps([(0.0, 0.3), (1.0, 0.1), (1.2, 0.3)], finished=2.0, prebuffer_s=0.3)
     assert (start, n) == (0.0, 1) and stall == pytest.approx(1.2 - 0.3)
+
+
+@pytest.mark.parametrize("args", [("--steps", 0), ("--stream-steps", 0), ("--seconds", 0), ("--prebuffer", -1),
+                                  ("--agreement", -2)])
+def test_bench_refuses_bad_settings_with_a_message(tiny_ckpt, capsys, args):
+    rc, _, err = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, *args)
+    assert rc == 2 and f"{args[0]} must be >=" in err and "Traceback" not in err
