@@ -56,7 +56,7 @@ CSS = """
 #status-line { min-height: 1.6em; }
 """
 
-LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill s", "first audio s", "ms/step", "steps/s",
+LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill ms", "first audio s", "ms/step", "steps/s",
                    "RTF", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
 
 
@@ -251,7 +251,7 @@ def render_latency(turns) -> list[list[Any]]:
         rows.append([
             t.index, t.task, t.status,
             _fmt(tm.get("queue_wait_s")),
-            _fmt(m.get("prefill_s")),
+            _fmt(m.get("prefill_s") * 1000 if m.get("prefill_s") is not None else None, 1),  # GPU prefill is tens of ms
             _fmt(tm.get("speech_end_to_first_audio_s", tm.get("first_audio_s"))),
             _fmt(m.get("decode_ms_per_step"), 1),
             _fmt(m.get("steps_per_s"), 1),

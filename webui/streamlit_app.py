@@ -80,7 +80,7 @@ def turn_figures(t) -> str:
     """The latency panel's figures for one turn, on one line."""
     m, tm = t.timings.get("model") or {}, t.timings
     parts = []
-    for label, value, fmt in (("prefill", m.get("prefill_s"), "{:.2f} s"),
+    for label, value, fmt in (("prefill", None if m.get("prefill_s") is None else m["prefill_s"] * 1000, "{:.1f} ms"),
                               ("first audio", tm.get("first_audio_s"), "{:.2f} s"),
                               ("decode", m.get("decode_ms_per_step"), "{:.1f} ms/step"),
                               ("", m.get("steps_per_s"), "{:.1f} steps/s"),
