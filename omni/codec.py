@@ -38,9 +38,10 @@ def load_snac(snac_dir: Path):
 
 
 def _for_inference(model):
-    """Bake the weight norms into plain weights (recomputed on every call otherwise) and run Snake in place.
+    """Bake the weight norms into plain weights (recomputed on every call otherwise), run Snake in place and
+    the dilated depthwise convolutions as shifted multiply-adds.
 
-    Same arithmetic as the snac package, ~1/3 less time per decode on CPU.
+    Same arithmetic as the snac package, about half the time per decode on CPU.
     """
     from torch.nn.utils import parametrize
 
@@ -50,7 +51,30 @@ def _for_inference(model):
         if type(module).__name__ == "Snake1d":
             module.register_buffer("inv_alpha", (module.alpha.detach() + 1e-9).reciprocal(), persistent=False)
             module.forward = types.MethodType(_snake_in_place, module)
+        elif _is_dilated_depthwise(module):
+            module.forward = types.MethodType(_dilated_depthwise, module)
     return model
+
+
+def _is_dilated_depthwise(m) -> bool:
+    """The residual units' convolutions: one channel per group, dilation > 1, output as long as the input."""
+    return (type(m) is torch.nn.Conv1d and m.groups == m.in_channels == m.out_channels and m.dilation[0] > 1
+            and m.stride == (1,) and m.padding_mode == "zeros"
+            and m.padding == ((m.kernel_size[0] - 1) * m.dilation[0] // 2,))
+
+
+def _dilated_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+    """conv1d(groups=channels, dilation=d) as k shifted multiply-adds: oneDNN's dilated depthwise kernel is
+    3-6x slower than this on CPU (the SNAC residual units, ~15 % of a decode)."""
+    length, d, pad = x.shape[-1], self.dilation[0], self.padding[0]
+    w = self.weight[:, 0, :, None]  # [C, k, 1]
+    xp = torch.nn.functional.pad(x, (pad, pad))
+    y = xp[..., :length] * w[:, 0]
+    if self.bias is not None:
+        y += self.bias[:, None]
+    for k in range(1, self.kernel_size[0]):
+        y.addcmul_(xp[..., k * d:k * d + length], w[:, k])
+    return y
 
 
 def _snake_in_place(self, x: torch.Tensor) -> torch.Tensor:

@@ -203,3 +203,30 @@ def test_budget_error_comes_before_the_encoders_run(tiny_model, media, monkeypat
     with pytest.raises(omni.OmniInputError, match="exceeds"):
         tiny_model.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=2040))
     assert ran == []
+
+
+def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
+    """load_snac bakes weight norms, runs Snake in place and the dilated depthwise convolutions as shifted
+    multiply-adds; the waveform must stay the snac package's own (same noise seed)."""
+    import json
+
+    from snac import SNAC
+
+    from omni.codec import _is_dilated_depthwise
+    from omni.tokens import frames_to_codes
+
+    d = tiny_ckpt / "snac_24khz"
+    ref = SNAC(**json.loads((d / "config.json").read_text()))
+    ref.load_state_dict(torch.load(d / "pytorch_model.bin", weights_only=True))
+    ref.eval()
+    ours = tiny_model.snac
+    assert sum(_is_dilated_depthwise(m) for m in ours.decoder.modules()) >= 2  # the fast path is in use
+    rng = np.random.RandomState(1)
+    codes = frames_to_codes([list(rng.randint(0, 4096, 7)) for _ in range(9)])
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        a = ours.decode(codes)
+        torch.manual_seed(3)
+        b = ref.decode(codes)
+    assert a.shape == b.shape
+    assert (a - b).abs().max() < 1e-4 * b.abs().max()
