@@ -146,7 +146,12 @@ class Omni:
             quantize_int8(self)
         self.lm.to(self.device, self.dtype)
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
-        self.whisper.to(self.device)  # fp32 always (as the official code; whisper's LayerNorm needs fp32 on CPU)
+        self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
+        if self.device.type == "cpu":
+            # fp32 copies of the fp16-saved weights: +168 MB, but no per-question cast (~40 ms of a 1.9 s encode)
+            for m in self.whisper.modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)):
+                    m.float()
         self.snac.to(self.device)
         warm_up_snac(self.snac)
         release_freed_memory()
