@@ -45,34 +45,30 @@ def _decode_ms(model, x, steps: int) -> tuple[list[float], float]:
 
 
 def playback_gaps(chunks: list[tuple[float, float]], finished: float, prebuffer_s: float = 0.0,
-                  rebuffer_after_s: float = 0.25) -> tuple[float, float, int]:
+                  max_refill_s: float = 3.0) -> tuple[float, float, int]:
     """What a listener hears from chunks arriving at (time, seconds): (start time, seconds of gaps, gaps).
 
     The player is the app's (webui.engine): it starts once `prebuffer_s` of speech is queued (or the answer is
-    complete at `finished`); when it has run dry for more than `rebuffer_after_s` it waits for the prebuffer
-    again, a shorter gap is simply played through. prebuffer_s 0: a player that starts with the first chunk.
+    complete at `finished`); each time it runs dry it waits until twice the previous target is queued (at most
+    `max_refill_s`, the app's max_ahead_s). prebuffer_s 0: a player that plays every chunk as it comes.
     """
-    start, play_end, stall_s, stalls = None, None, 0.0, 0
-    queued, wait_from = 0.0, None  # speech waiting for the (re)start, and when the waiting began
+    start, play_end, stall_s, stalls = None, 0.0, 0.0, 0
+    waiting, queued, target, wait_from = True, 0.0, prebuffer_s, 0.0
     for i, (t, seconds) in enumerate(chunks):
-        if play_end is not None and t > play_end and wait_from is None:
-            if t - play_end <= rebuffer_after_s:  # a short gap: play on at once
-                stall_s, stalls = stall_s + t - play_end, stalls + 1
-                play_end = t + seconds
-                continue
-            wait_from, queued = play_end, 0.0  # ran dry: refill first
-        if play_end is not None and wait_from is None:
+        if not waiting and t > play_end:  # ran dry before this chunk came
+            waiting, queued, wait_from = True, 0.0, play_end
+            target = min(2 * target, max_refill_s)
+        if not waiting:
             play_end += seconds
             continue
         queued += seconds
-        last = i == len(chunks) - 1
-        if queued >= prebuffer_s or last:
-            go = t if queued >= prebuffer_s else max(t, finished)
+        if queued >= min(target, max_refill_s) or i == len(chunks) - 1:
+            go = t if queued >= min(target, max_refill_s) else max(t, finished)
             if start is None:
                 start = go
             else:
                 stall_s, stalls = stall_s + go - wait_from, stalls + 1
-            play_end, wait_from = go + queued, None
+            play_end, waiting = go + queued, False
     return (start if start is not None else 0.0), stall_s, stalls
 
 

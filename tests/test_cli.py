@@ -149,15 +149,24 @@ def test_playback_gaps_model_the_app_player():
     from omni.bench import playback_gaps
 
     chunks = [(1.0, 0.2), (1.5, 0.2), (1.6, 0.4), (1.9, 0.8)]  # the second chunk is 0.3 s late for a player at 1.0
-    assert playback_gaps(chunks, finished=2.0) == pytest.approx((1.0, 0.3, 1))  # 0.3 s > 0.25: rebuffer, 1 gap
+    assert playback_gaps(chunks, finished=2.0) == pytest.approx((1.0, 0.3, 1))  # no buffer: every gap is heard
     # with a 0.3 s prebuffer the player starts at the second chunk and never runs dry
     assert playback_gaps(chunks, finished=2.0, prebuffer_s=0.3) == pytest.approx((1.5, 0.0, 0))
-    # a short gap is played through at once; a prebuffer larger than the answer waits for its end
-    assert playback_gaps([(1.0, 0.2), (1.3, 0.2)], finished=1.4) == pytest.approx((1.0, 0.1, 1))
+    # a prebuffer larger than the answer waits for its end, not longer
     assert playback_gaps([(1.0, 0.2), (1.1, 0.2)], finished=1.4, prebuffer_s=1.0) == pytest.approx((1.4, 0.0, 0))
-    # running dry for long while playing: wait for the prebuffer again
-    start, stall, n = playback_gaps([(0.0, 0.3), (1.0, 0.1), (1.2, 0.3)], finished=2.0, prebuffer_s=0.3)
-    assert (start, n) == (0.0, 1) and stall == pytest.approx(1.2 - 0.3)
+    # running dry while playing: wait for twice the prebuffer (0.6 s) before going on
+    start, stall, n = playback_gaps([(0.0, 0.3), (1.0, 0.1), (1.2, 0.3), (1.3, 0.3), (1.4, 0.2)], finished=2.0,
+                                    prebuffer_s=0.3)
+    assert (start, n) == (0.0, 1) and stall == pytest.approx(1.3 - 0.3)  # 0.1 + 0.3 < 0.6 at 1.2; 0.7 at 1.3
+    # a slow model (0.2 s of speech every 0.3 s): a few long pauses instead of a gap at every chunk
+    slow = [(0.3 * (i + 1), 0.2) for i in range(10)]
+    assert playback_gaps(slow, finished=3.0)[2] == 9
+    start, stall, n = playback_gaps(slow, finished=3.0, prebuffer_s=0.3)
+    assert start == pytest.approx(0.6) and n == 1 and stall == pytest.approx(2.1 - 1.4)
+    # the refill target never passes max_refill_s (the app's generation pauses there)
+    capped = [(0.0, 0.2), (1.0, 0.5), (2.0, 0.5), (2.1, 0.5), (2.2, 0.1)]  # dry at 1.0 (wait 0.4 s) and 2.0
+    assert playback_gaps(capped, finished=3.0, prebuffer_s=0.2, max_refill_s=0.5) == pytest.approx((0.0, 1.3, 2))
+    assert playback_gaps(capped, finished=3.0, prebuffer_s=0.2) == pytest.approx((0.0, 1.4, 2))  # waits for 0.8 s
 
 
 @pytest.mark.parametrize("args", [("--steps", 0), ("--stream-steps", 0), ("--seconds", 0), ("--prebuffer", -1),

@@ -1,4 +1,5 @@
-"""Playback pacing: the prebuffer absorbs an uneven start, and never holds back an answer that is complete."""
+"""Playback pacing: the prebuffer absorbs an uneven start, a model slower than real time pauses a few times
+instead of stuttering, and a complete answer is never held back."""
 
 import time
 
@@ -34,7 +35,7 @@ class UnevenModel:
 UNEVEN = [(0.1, 0.17), (0.35, 0.17), (0.15, 0.34), (0.2, 0.34), (0.2, 0.68), (0.4, 0.68)]
 
 
-def played_speech(model, prebuffer_s):
+def played_speech(model, prebuffer_s, listen_s=4.0):
     engine = Engine(model, EngineConfig(policy="off", prebuffer_s=prebuffer_s), recordings_dir=None,
                     options_cls=Options)
     try:
@@ -42,22 +43,33 @@ def played_speech(model, prebuffer_s):
         s.attach_transport()
         s.send_text("hello", speak=True)
         t_sent = time.monotonic()
-        played = run_realtime(s, silence(4.0, SR))
+        played = run_realtime(s, silence(listen_s, SR))
         loud = [p.t for p in played if p.rms > 0.05]
-        gaps = np.diff(loud)
-        return loud[0] - t_sent, float(gaps.max()) if len(gaps) else 0.0, len(loud) * 0.02
+        gaps = np.diff(loud) - 0.02  # silence between consecutive 20 ms frames of speech
+        return loud[0] - t_sent, gaps, len(loud) * 0.02
     finally:
         engine.close()
 
 
 def test_prebuffer_trades_a_short_wait_for_gap_free_speech():
     total = sum(s for _, s in UNEVEN)
-    start0, gap0, heard0 = played_speech(UnevenModel(UNEVEN), 0.0)
-    start, gap, heard = played_speech(UnevenModel(UNEVEN), 0.3)
+    start0, gaps0, heard0 = played_speech(UnevenModel(UNEVEN), 0.0)
+    start, gaps, heard = played_speech(UnevenModel(UNEVEN), 0.3)
+    gap0, gap = gaps0.max(), gaps.max()
     assert heard0 == pytest.approx(total, abs=0.08) and heard == pytest.approx(total, abs=0.08)  # nothing lost
     assert gap0 > 0.15  # without a prebuffer the first chunk plays at once and then the output runs dry
     # with it, playback waits for the second chunk (0.45 s in) and then never stops
-    assert 0.45 <= start < 1.0 and start > start0 + 0.2 and gap < 0.1
+    assert 0.45 <= start < 1.0 and start > start0 + 0.2 and gap < 0.1, (start0, start, gap)
+
+
+def test_a_model_slower_than_real_time_pauses_a_few_times_instead_of_stuttering():
+    slow = [(0.3, 0.2)] * 10  # 0.2 s of speech every 0.3 s: 1.5 x real time
+    _, gaps0, heard0 = played_speech(UnevenModel(slow), 0.0, listen_s=4.5)
+    _, gaps, heard = played_speech(UnevenModel(slow), 0.3, listen_s=4.5)
+    assert heard0 == pytest.approx(2.0, abs=0.08) and heard == pytest.approx(2.0, abs=0.08)  # nothing lost
+    assert (gaps0 > 0.04).sum() >= 6  # a player without a buffer runs dry at nearly every chunk
+    # ran dry once or twice: each time it waits for twice the buffer (0.6 s), so the pause is long but rare
+    assert 1 <= (gaps > 0.04).sum() <= 2 and gaps.max() > 0.4, gaps[gaps > 0.04]
 
 
 def test_prebuffer_does_not_hold_back_a_finished_short_answer():

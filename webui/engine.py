@@ -62,8 +62,8 @@ class EngineConfig:
     stride: int | None = None  # frames per audio chunk; None: the model's default for stream_mode
     stream_mode: str = "smooth"
     playback_lead_s: float = 0.04  # audio handed to the transport ahead of real time
-    # speech queued before playback starts (and restarts after running dry) while the answer is still being
-    # generated: absorbs the uneven pace of the first chunks of a model near real time (e.g. int8 on 2 cores)
+    # speech queued before playback starts while the answer is still being generated: absorbs the uneven pace
+    # of the first chunks of a model near real time (e.g. int8 on 2 cores); doubled after each underrun
     prebuffer_s: float = 0.3
     max_ahead_s: float = 3.0  # generation pauses when this much speech is waiting to be played
 
@@ -306,6 +306,8 @@ class Session:
         self._sent = 0  # samples handed to the transport for the current turn
         self._ducked = False
         self._speaking_since: float | None = None
+        self._refilling = False  # ran dry while generating: waiting for _refill_s of speech
+        self._refill_s = self.config.prebuffer_s
         self._flush_hooks: list[Callable[[], None]] = []
         self._transports = 0  # live audio outputs; without one, speech is kept for replay only
         self._silence_at: float | None = None
@@ -436,27 +438,41 @@ class Session:
 
         Frames are released at real-time pace with a small lead, so "handed out" is "played" to within
         `playback_lead_s`; that is what lets an interruption truncate the answer to what was heard.
+        Playback starts once `prebuffer_s` of speech is queued (at once when the answer is complete). When it
+        runs dry while the answer is still being generated (a model slower than real time), it pauses until
+        twice the last target is queued (at most `max_ahead_s`): a few longer pauses instead of a stutter at
+        every chunk, as video players rebuffer. `omni.bench.playback_gaps` models this player.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 now = time.monotonic()
-                starting = self._speaking_since is None or now - (self._play_t0 + self._sent / OUT_RATE) > 0.25
-                if self._playback and not self._ducked and starting and self._job is not None \
-                        and self._queued_s() < self.config.prebuffer_s:
-                    wait = deadline - now  # start or underrun while still generating: let the buffer fill first
-                elif self._playback and not self._ducked:
-                    if starting:  # start or underrun (model slower than real time): re-anchor the play clock
+                heard_all = now >= self._play_t0 + self._sent / OUT_RATE
+                if self._ducked:
+                    wait = deadline - now
+                elif not self._playback:
+                    if self._job is not None and self._speaking_since is not None and not self._refilling \
+                            and heard_all:  # ran dry while generating
+                        self._refilling = True
+                        self._refill_s = min(2 * self._refill_s, self.config.max_ahead_s)
+                        if self._current is not None:
+                            self._current.timings["rebuffers"] = self._current.timings.get("rebuffers", 0) + 1
+                    self._maybe_finish_playback()
+                    wait = deadline - now
+                elif (self._speaking_since is None or self._refilling) and self._job is not None \
+                        and self._queued_s() < min(self._refill_s, self.config.max_ahead_s):
+                    wait = deadline - now  # let the buffer fill first (generation pauses past max_ahead_s)
+                else:
+                    if self._speaking_since is None or self._refilling or heard_all:
+                        # (re)start, or a gap shorter than one poll: the play clock runs from now
                         self._play_t0 = now - self._sent / OUT_RATE
+                        self._refilling = False
                         if self._speaking_since is None:
                             self._speaking_since = now
                     due = self._play_t0 + self._sent / OUT_RATE - self.config.playback_lead_s
                     if now >= due:
                         return self._take(samples)
                     wait = min(due, deadline) - now
-                else:
-                    self._maybe_finish_playback()
-                    wait = deadline - now
                 if wait <= 0:
                     return None
                 self._cond.wait(wait)
@@ -753,6 +769,7 @@ class Session:
             self._playback.clear()
             self._sent = 0
             self._speaking_since = None
+            self._refilling, self._refill_s = False, self.config.prebuffer_s
             self._ducked = False
             self._barge = None
             inputs: dict = {"options": self.engine._options(self.config)}

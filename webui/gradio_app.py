@@ -57,7 +57,7 @@ CSS = """
 """
 
 LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill ms", "first audio s", "ms/step", "steps/s",
-                   "RTF", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
+                   "RTF", "playback pauses", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
 
 
 @dataclass
@@ -256,6 +256,7 @@ def render_latency(turns) -> list[list[Any]]:
             _fmt(m.get("decode_ms_per_step"), 1),
             _fmt(m.get("steps_per_s"), 1),
             _fmt(m.get("real_time_factor")),
+            _fmt(tm.get("rebuffers", 0)),
             _fmt(m.get("peak_rss_mb"), 0),
             _fmt(m.get("gpu_peak_mem_mb"), 0),
             _fmt(tm.get("onset_to_silence_s", tm.get("duck_onset_to_silence_s")), 3),

@@ -89,6 +89,8 @@ def turn_figures(t) -> str:
                               ("GPU", m.get("gpu_peak_mem_mb"), "{:.0f} MB")):
         if value is not None:
             parts.append(f"{label} {fmt.format(value)}".strip())
+    if tm.get("rebuffers"):
+        parts.append(f"{tm['rebuffers']} playback pauses")
     return " · ".join(parts)
 
 
