@@ -35,8 +35,8 @@ class UnevenModel:
 UNEVEN = [(0.1, 0.17), (0.35, 0.17), (0.15, 0.34), (0.2, 0.34), (0.2, 0.68), (0.4, 0.68)]
 
 
-def played_speech(model, prebuffer_s, listen_s=4.0):
-    engine = Engine(model, EngineConfig(policy="off", prebuffer_s=prebuffer_s), recordings_dir=None,
+def played_speech(model, prebuffer_s, listen_s=4.0, **config):
+    engine = Engine(model, EngineConfig(policy="off", prebuffer_s=prebuffer_s, **config), recordings_dir=None,
                     options_cls=Options)
     try:
         s = engine.new_session()
@@ -75,3 +75,9 @@ def test_a_model_slower_than_real_time_pauses_a_few_times_instead_of_stuttering(
 def test_prebuffer_does_not_hold_back_a_finished_short_answer():
     start, _, heard_s = played_speech(UnevenModel([(0.1, 0.1)]), 1.0)
     assert start < 0.35 and heard_s == pytest.approx(0.1, abs=0.04)
+
+
+def test_a_prebuffer_above_max_ahead_does_not_wait_forever():
+    """Generation pauses once max_ahead_s of speech is waiting; playback must not wait for more than that."""
+    start, gaps, heard = played_speech(UnevenModel([(0.05, 0.5)] * 6), 5.0, listen_s=4.5, max_ahead_s=1.0)
+    assert start < 0.5 and heard == pytest.approx(3.0, abs=0.08) and gaps.max() < 0.1
