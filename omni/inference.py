@@ -20,6 +20,7 @@ from .config import ModelConfig, Vocab
 from .decoding import DecodingOptions, speech_entries, text_entries
 from .errors import CheckpointError, OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
+from .linear import split_long_inputs
 from .tokens import (AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt,
                      frames_from_delayed, whisper_frames)
 from .vision import load_vision_encoder, open_image, preprocess
@@ -145,6 +146,7 @@ class Omni:
             say("quantising linear layers to int8 ...")
             quantize_int8(self)
         self.lm.to(self.device, self.dtype)
+        split_long_inputs(self.lm)  # CPU fp32 only: the MLP projections as column blocks (see omni/linear.py)
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
         if self.device.type == "cpu":

@@ -86,6 +86,37 @@ def test_fast_linear_matches_f_linear(shape, bias):
                        F.linear(x.double(), w.double(), None if b is None else b.double()))  # other dtypes: F.linear
 
 
+@pytest.mark.parametrize("shape", [(1, 48), (2, 48), (2, 1, 48), (4, 48), (5, 48), (3, 7, 48), (0, 48)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_linear_split_into_column_blocks_computes_the_same(shape, bias):
+    from omni.linear import Linear
+
+    torch.manual_seed(0)
+    lin = Linear(48, 40, bias=bias)
+    x = torch.randn(*shape)
+    want = F.linear(x, lin.weight, lin.bias)
+    lin.split_input(4)
+    assert not hasattr(lin, "weight") and lin.blocks.shape == (4, 40, 12)  # no second copy of the weight
+    got = lin(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_split_projections_give_the_same_greedy_tokens(tiny_ckpt, media):
+    """load_model splits long-input projections on CPU fp32 (the real model's 4864-wide MLP projections); the
+    tiny model's are narrower, so split them here and check the tokens do not move."""
+    import omni
+    from omni.linear import Linear, split_long_inputs
+
+    model = omni.load_model(tiny_ckpt, device="cpu")
+    opts = omni.DecodingOptions(max_new_tokens=16)
+    want = model.generate("A1A2", audio=media["speech16k"], options=opts)
+    n = split_long_inputs(model.lm, min_in=1)
+    assert n == sum(type(m) is Linear for m in model.lm.modules()) and n > 0
+    got = model.generate("A1A2", audio=media["speech16k"], options=opts)
+    assert got.text_ids == want.text_ids and got.audio_ids == want.audio_ids
+
+
 @torch.inference_mode()
 def test_embedding_is_mean_of_8_rows_with_features_on_audio_rows_only(tiny_model, tiny_ckpt):
     from omni.checkpoint import load_lm
