@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=3.5, help="length of the spoken test question (default 3.5)")
     b.add_argument("--prebuffer", type=float, default=0.3, help="prebuffer of the simulated app player, seconds "
                    "(default 0.3, as the app): app_start_s / app_stall_s are what its listener hears")
+    b.add_argument("--ttfa-runs", type=int, default=3, help="requests timed to their first audio; ttfa_s is the "
+                   "median (default 3: the streamed answer and 2 more)")
     b.add_argument("--json", help="write the figures here as JSON")
     b.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="also measure token agreement with fp32 over N prompts (speed modes)")
@@ -158,6 +160,7 @@ def cmd_bench(a) -> int:
 
     for name, value, least in (("--steps", a.steps, 1), ("--stream-steps", a.stream_steps, 1),
                                ("--seconds", a.seconds, 0.1), ("--prebuffer", a.prebuffer, 0),
+                               ("--ttfa-runs", a.ttfa_runs, 1),
                                ("--agreement", a.agreement, 0)):
         if value < least:
             raise OmniInputError(f"{name} must be >= {least} (got {value})")

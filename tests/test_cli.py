@@ -1,6 +1,7 @@
 """The CLI contract (`python -m omni generate ... --tokens-json`) and bad input: one line, exit code 2."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -138,9 +139,11 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert 0 <= got["stall_s"] <= got["stream_wall_s"] and got["stalls"] >= 0  # gaps a player would have
     assert got["app_prebuffer_s"] == 0.3 and got["app_stall_s"] >= 0
     if got["ttfa_s"] is None:  # the random int8 model may end at once: then nothing is played
-        assert got["stream_audio_s"] == 0 and got["app_start_s"] == 0
-    else:
-        assert got["app_start_s"] >= got["ttfa_s"]
+        assert got["stream_audio_s"] == 0 and got["app_start_s"] == 0 and got["ttfa_runs_s"] == []
+    else:  # the median of the streamed answer's first audio and 2 more requests (3 by default)
+        runs = got["ttfa_runs_s"]
+        assert 1 <= len(runs) <= 3 and got["ttfa_s"] == pytest.approx(statistics.median(runs), abs=1e-3)
+        assert got["app_start_s"] >= runs[0]  # the app's player starts on the streamed answer's chunks
     agreement = got["token_agreement"]
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
 
@@ -170,7 +173,7 @@ def test_playback_gaps_model_the_app_player():
 
 
 @pytest.mark.parametrize("args", [("--steps", 0), ("--stream-steps", 0), ("--seconds", 0), ("--prebuffer", -1),
-                                  ("--agreement", -2)])
+                                  ("--ttfa-runs", 0), ("--agreement", -2)])
 def test_bench_refuses_bad_settings_with_a_message(tiny_ckpt, capsys, args):
     rc, _, err = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, *args)
     assert rc == 2 and f"{args[0]} must be >=" in err and "Traceback" not in err
