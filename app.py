@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                              "official weights are single-turn)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="answer length budget (512)")
     p.add_argument("--prebuffer", type=float, default=0.3, help="seconds of speech queued before playback starts "
-                   "while the answer is still being generated (0.3; more is smoother on a slow CPU, 0 plays at once)")
+                   "while the answer is still being generated (0.3; 0 plays at once). If a slow model runs playback "
+                   "dry, it waits for twice as much each time (at most 3 s)")
     p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4); model requests "
                                                            "are queued one at a time in any case")
     p.add_argument("--recordings", default=None, help="folder for session audio/images (default: a temp folder; "

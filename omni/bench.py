@@ -62,8 +62,9 @@ def playback_gaps(chunks: list[tuple[float, float]], finished: float, prebuffer_
             play_end += seconds
             continue
         queued += seconds
-        if queued >= min(target, max_refill_s) or i == len(chunks) - 1:
-            go = t if queued >= min(target, max_refill_s) else max(t, finished)
+        enough = queued >= min(target, max_refill_s)
+        if enough or i == len(chunks) - 1:
+            go = t if enough else max(t, finished)
             if start is None:
                 start = go
             else:

@@ -59,7 +59,8 @@ def fast_linear_cast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) computed through `fast_linear`, in the input's dtype."""
+    """nn.Linear (same parameters and state dict) computed through `fast_linear`, in the input's dtype.
+    On CPU fp32, `split_input` may trade the weight for column blocks (then `blocks` is set, `weight` gone)."""
 
     blocks: torch.Tensor | None = None
 

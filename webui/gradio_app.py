@@ -251,7 +251,7 @@ def render_latency(turns) -> list[list[Any]]:
         rows.append([
             t.index, t.task, t.status,
             _fmt(tm.get("queue_wait_s")),
-            _fmt(m.get("prefill_s") * 1000 if m.get("prefill_s") is not None else None, 1),  # GPU prefill is tens of ms
+            _fmt(None if m.get("prefill_s") is None else m["prefill_s"] * 1000, 1),  # ms: a GPU's is tens of ms
             _fmt(tm.get("speech_end_to_first_audio_s", tm.get("first_audio_s"))),
             _fmt(m.get("decode_ms_per_step"), 1),
             _fmt(m.get("steps_per_s"), 1),
