@@ -65,7 +65,9 @@ def _is_dilated_depthwise(m) -> bool:
 
 def _dilated_depthwise(self, x: torch.Tensor) -> torch.Tensor:
     """conv1d(groups=channels, dilation=d) as k shifted multiply-adds: oneDNN's dilated depthwise kernel is
-    3-6x slower than this on CPU (the SNAC residual units, ~15 % of a decode)."""
+    3-6x slower than this on CPU (the SNAC residual units, ~15 % of a decode). Other devices: the convolution."""
+    if x.device.type != "cpu":
+        return torch.nn.Conv1d.forward(self, x)
     length, d, pad = x.shape[-1], self.dilation[0], self.padding[0]
     w = self.weight[:, 0, :, None]  # [C, k, 1]
     xp = torch.nn.functional.pad(x, (pad, pad))
