@@ -107,16 +107,19 @@ def _split_heads(t: torch.Tensor, n_head: int) -> torch.Tensor:
     return t.view(*t.shape[:2], n_head, -1).transpose(1, 2)
 
 
-def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None) -> torch.Tensor:
+def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None, cancel=None) -> torch.Tensor | None:
     """openai-whisper's `AudioEncoder.forward` (same modules, same operations), with two speed-ups:
     linear layers go through `fast_linear`, and the last block computes its queries, MLP and ln_post only for
     the first `n_keep` positions (the prompt uses no others; keys and values still span the whole 30 s window,
-    so the kept rows are unchanged). mel [B, n_mels, 3000] -> [B, n_keep or 1500, width]."""
+    so the kept rows are unchanged). mel [B, n_mels, 3000] -> [B, n_keep or 1500, width]; None if the
+    `cancel` event is set (checked between blocks)."""
     x = F.gelu(enc.conv1(mel))
     x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
     x = (x + enc.positional_embedding).to(x.dtype)
     last = len(enc.blocks) - 1
     for i, block in enumerate(enc.blocks):
+        if cancel is not None and cancel.is_set():
+            return None
         attn, keep = block.attn, (n_keep if i == last else None)
         h = block.attn_ln(x)
         q = _split_heads(_whisper_linear(h[:, :keep], attn.query), attn.n_head)

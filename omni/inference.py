@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import deque
@@ -105,6 +106,7 @@ class Omni:
         if quantize not in (None, "none", "int8"):
             raise OmniInputError(f"quantize must be 'int8' or none (got {quantize!r})")
         self.quantize = None if quantize in (None, "none") else quantize
+        self._last_audio: tuple[bytes, torch.Tensor] | None = None  # (digest of the samples, their features)
         if self.quantize and self.device.type != "cpu":
             raise OmniInputError("int8 dynamic quantisation runs on the CPU only; drop --quantize or use --device cpu")
         t0 = time.perf_counter()
@@ -163,17 +165,30 @@ class Omni:
 
     # -- inputs ----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_audio(self, audio) -> torch.Tensor:
-        """Audio -> Whisper features of the kept frames [T, width] (T = int(ms / 20) + 1, at most 1500)."""
-        return self._whisper_features(audio_io.load_audio(audio))
+    def encode_audio(self, audio, cancel: threading.Event | None = None) -> torch.Tensor | None:
+        """Audio -> Whisper features of the kept frames [T, width] (T = int(ms / 20) + 1, at most 1500).
+
+        The features of the last audio encoded are kept: a request with the same samples reuses them (the app
+        encodes a spoken turn while it waits out the end-of-turn silence). None if `cancel` was set meanwhile.
+        """
+        feats = self._whisper_features(audio_io.load_audio(audio), cancel)
+        return None if feats is None else feats.clone()  # the kept copy stays as computed
 
     def _n_frames(self, samples: np.ndarray) -> int:
         return min(whisper_frames(len(samples)), self.whisper_dims.n_audio_ctx)
 
     @torch.inference_mode()
-    def _whisper_features(self, samples: np.ndarray) -> torch.Tensor:
+    def _whisper_features(self, samples: np.ndarray, cancel: threading.Event | None = None) -> torch.Tensor | None:
+        digest = hashlib.blake2b(samples.tobytes(), digest_size=16).digest()
+        last = self._last_audio
+        if last is not None and last[0] == digest:
+            return last[1]
         mel = audio_io.log_mel(samples).to(self.device)
-        return audio_io.whisper_encode(self.whisper, mel.unsqueeze(0), self._n_frames(samples))[0].float()
+        feats = audio_io.whisper_encode(self.whisper, mel.unsqueeze(0), self._n_frames(samples), cancel)
+        if feats is None:
+            return None
+        self._last_audio = (digest, feats[0].float())
+        return self._last_audio[1]
 
     @torch.inference_mode()
     def encode_image(self, image) -> torch.Tensor:

@@ -230,3 +230,29 @@ def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
         b = ref.decode(codes)
     assert a.shape == b.shape
     assert (a - b).abs().max() < 1e-4 * b.abs().max()
+
+
+def test_a_request_reuses_the_features_of_the_audio_just_encoded(tiny_model, media, monkeypatch):
+    """The app encodes a spoken turn while the end-of-turn silence runs out; the answer must then skip Whisper
+    and give the tokens it gives without that head start."""
+    import threading
+
+    from omni import audio as audio_io
+
+    opts = omni.DecodingOptions(max_new_tokens=12)
+    want = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)
+    fresh = omni.load_model(tiny_model.checkpoint_dir, device="cpu").generate("A1A2", audio=media["stereo"],
+                                                                               options=opts)
+    calls = []
+    real = audio_io.whisper_encode
+    monkeypatch.setattr(audio_io, "whisper_encode", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    cancelled = threading.Event()
+    cancelled.set()
+    assert tiny_model.encode_audio(media["stereo"], cancel=cancelled) is None  # stopped, nothing kept
+    feats = tiny_model.encode_audio(media["stereo"])
+    assert feats is not None and len(calls) == 2
+    got = tiny_model.generate("A1A2", audio=media["stereo"], options=opts)
+    assert len(calls) == 2  # Whisper did not run again
+    assert got.text_ids == fresh.text_ids and got.audio_ids == fresh.audio_ids
+    again = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)  # other audio: encoded anew
+    assert len(calls) == 3 and again.text_ids == want.text_ids and again.audio_ids == want.audio_ids
