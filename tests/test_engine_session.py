@@ -173,3 +173,40 @@ def test_closed_session_removes_its_files(engine):
     assert any(s.dir.iterdir())
     engine.close_session(s.id)
     assert not s.dir.exists() and engine.get(s.id) is None
+
+
+def test_side_work_runs_in_order_one_at_a_time_each_on_a_thread_that_ends():
+    """ASR work must not keep an OpenMP team alive next to the model worker's (see FreshThreadExecutor)."""
+    from webui.engine import FreshThreadExecutor
+
+    ex = FreshThreadExecutor("test")
+    seen, running, overlap = [], [0], []
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            running[0] += 1
+            overlap.append(running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        seen.append((i, threading.current_thread()))
+        return i * i
+
+    futures = [ex.submit(task, i) for i in range(4)]
+    assert [f.result(timeout=10) for f in futures] == [0, 1, 4, 9]
+    assert [i for i, _ in seen] == [0, 1, 2, 3] and max(overlap) == 1  # in order, never two at once
+    threads = [t for _, t in seen]
+    assert len({id(t) for t in threads}) == 4 and not any(t.is_alive() for t in threads)
+    boom = ex.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        boom.result(timeout=10)
+    gate = threading.Event()
+    blocker = ex.submit(gate.wait, 10)
+    queued = ex.submit(task, 9)
+    time.sleep(0.05)
+    ex.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    assert blocker.result(timeout=10) is True and queued.cancelled()
+    with pytest.raises(RuntimeError):
+        ex.submit(task, 1)

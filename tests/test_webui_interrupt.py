@@ -70,3 +70,10 @@ def test_whisper_from_the_checkpoint_small_pt(tmp_path):
     with pytest.raises(FileNotFoundError, match="small.pt"):
         make_transcriber("whisper", str(tmp_path))
     assert make_transcriber("none") is None
+
+
+def test_the_bundled_asr_takes_one_thread_beside_a_cpu_model(real_checker):
+    """Two CTranslate2 threads next to a CPU model slow every model op for the rest of the process (see
+    FasterWhisperTranscriber); on a GPU machine the ASR may use two."""
+    assert real_checker.transcriber.cpu_threads == 1
+    assert make_transcriber("auto", device="cuda").cpu_threads == 2

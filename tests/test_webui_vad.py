@@ -78,3 +78,17 @@ def test_webrtc_frames_int16_1xN_are_scaled():
 
     a = to_float32(np.full((1, 960), 16384, np.int16))
     assert a.shape == (960,) and a.dtype == np.float32 and np.allclose(a, 0.5)
+
+
+def test_loading_the_vad_leaves_torch_threads_alone():
+    """silero_vad's import sets torch to one thread for the whole process; the model must keep its cores."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch; torch.set_num_threads(2); from webui.vad import load_silero; load_silero(); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "2"

@@ -66,6 +66,9 @@ class EngineConfig:
     # of the first chunks of a model near real time (e.g. int8 on 2 cores); doubled after each underrun
     prebuffer_s: float = 0.3
     max_ahead_s: float = 3.0  # generation pauses when this much speech is waiting to be played
+    # encode a spoken turn while the end-of-turn silence runs out (from EARLY_ENCODE_AFTER_S of silence on):
+    # the answer then skips Whisper, up to end_silence_s - EARLY_ENCODE_AFTER_S sooner
+    early_encode: bool = True
 
     def validate(self) -> "EngineConfig":
         if self.policy not in POLICIES:
@@ -80,6 +83,61 @@ class EngineConfig:
         return self
 
 
+EARLY_ENCODE_AFTER_S = 0.2  # silence after which a spoken turn is encoded ahead of its end (see _encode_early)
+
+
+class FreshThreadExecutor:
+    """Runs submitted calls one at a time, in order, each on a new thread that ends with it.
+
+    For side work that may run torch (the stop-command check with openai-whisper) next to the model worker:
+    OpenMP keeps a thread team for every live thread that ever ran a parallel region, and with more team
+    threads than cores it stops spinning between regions, so every parallel op of the model then pays a
+    wake-up (on 2 cores, small ops 13 -> 58 us after one matmul on another long-lived thread; back to 13 once
+    that thread ended). A thread that ends frees its team.
+    """
+
+    def __init__(self, name: str):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._name = name
+        self._closed = False
+        threading.Thread(target=self._dispatch, name=f"{name}-dispatch", daemon=True).start()
+
+    def submit(self, fn: Callable, *args, **kw) -> concurrent.futures.Future:
+        if self._closed:
+            raise RuntimeError(f"{self._name}: executor is shut down")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._tasks.put((fut, fn, args, kw))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        self._tasks.put(None)
+
+    def _dispatch(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            fut, fn, args, kw = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+
+            def run():
+                try:
+                    fut.set_result(fn(*args, **kw))
+                except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+                    fut.set_exception(e)
+
+            t = threading.Thread(target=run, name=self._name, daemon=True)
+            t.start()
+            t.join()
+
+
 # ---------------------------------------------------------------- the model worker (one at a time)
 
 
@@ -91,6 +149,7 @@ class Job:
     on_error: Callable[[str], None]
     on_done: Callable[["Job"], None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    kind: str = "answer"  # or "encode": Whisper features of a turn that may be about to end
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -116,13 +175,21 @@ class ModelWorker:
         return job
 
     def position(self, job: Job) -> int | None:
+        """Answers ahead of `job` (0: running, or only an early encode is ahead of it)."""
         with self._cond:
             if job is self._running:
                 return 0
-            for i, j in enumerate(self._jobs):
+            ahead = int(self._running is not None and self._running.kind == "answer")
+            for j in self._jobs:
                 if j is job:
-                    return i + 1
+                    return ahead
+                ahead += j.kind == "answer"
         return None
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return self._running is None and not self._jobs
 
     def remove(self, job: Job) -> bool:
         with self._cond:
@@ -137,10 +204,14 @@ class ModelWorker:
         with self._cond:
             return len(self._jobs)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        # wait for the thread to end: a finished worker left alive keeps its OpenMP team, which slows the next
+        # engine's worker on a small CPU (see FreshThreadExecutor)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
@@ -168,6 +239,9 @@ class ModelWorker:
                     log.error("turn bookkeeping failed:\n%s", traceback.format_exc())
 
     def _run(self, job: Job) -> None:
+        if job.kind == "encode":
+            self.model.encode_audio(job.inputs["audio"], cancel=job.cancel)  # the model keeps the features
+            return
         opts = job.inputs.pop("options")
         for ev in self.model.stream(job.task, options=opts, cancel=job.cancel, **job.inputs):
             job.on_event(ev)
@@ -232,8 +306,8 @@ class Engine:
         self.worker = ModelWorker(model, self._options)
         self.checker = CommandChecker(transcriber, self.config.phrases) if transcriber is not None else None
         # one ASR thread: the command check must not wait behind a user-transcript job, so two queues
-        self.asr_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
-        self.side_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-bg")
+        self.asr_pool = FreshThreadExecutor("asr")
+        self.side_pool = FreshThreadExecutor("asr-bg")
         if self.checker is not None:  # the first ASR call is slow (allocations); pay it now, not at barge-in
             self.asr_pool.submit(self.checker.transcribe, np.zeros(VAD_RATE, np.float32))
         root = Path(recordings_dir) if recordings_dir else Path(tempfile.gettempdir()) / "mini-omni2-webui"
@@ -308,6 +382,8 @@ class Session:
         self._speaking_since: float | None = None
         self._refilling = False  # ran dry while generating: waiting for _refill_s of speech
         self._refill_s = self.config.prebuffer_s
+        self._early: Job | None = None  # Whisper on the turn as it stands, while its end-of-turn silence runs
+        self._early_key: tuple[float, float] | None = None  # (speech start, last speech) it was started for
         self._flush_hooks: list[Callable[[], None]] = []
         self._transports = 0  # live audio outputs; without one, speech is kept for replay only
         self._silence_at: float | None = None
@@ -376,6 +452,35 @@ class Session:
                 self._on_vad(ev, t_wall)
             if self._barge is not None and det.in_speech:
                 self._barge_progress(det, now)
+            self._encode_early(det)
+
+    def _encode_early(self, det: TurnDetector) -> None:
+        """While a spoken turn's end-of-turn silence runs out, have the model encode the turn's audio (the audio
+        cannot change any more unless speech resumes; the answer then finds its Whisper features ready). Only
+        when the model is idle; the work is dropped as soon as the speaker goes on."""
+        early = self._early
+        if early is not None and early.finished is None and det.in_speech and det.trailing_silence_s == 0:
+            early.cancel.set()  # speaking again: that was a pause, not the end of the turn
+            self.engine.worker.remove(early)
+            self._early = None
+            self._event("early_encode_dropped")
+            return
+        cfg = self.config
+        if not (cfg.early_encode and det.in_speech and det.speech_s >= cfg.vad.min_turn_s
+                and det.trailing_silence_s >= max(cfg.vad.tail_s, EARLY_ENCODE_AFTER_S)):
+            return
+        key = (det.speech_start, det.last_speech_end)
+        if key == self._early_key or self._assistant_active() or not self.engine.worker.idle \
+                or not callable(getattr(self.engine.model, "encode_audio", None)):
+            return
+        self._early_key = key
+
+        def nothing(*_):
+            pass
+
+        self._early = self.engine.worker.submit(Job("encode", {"audio": (VAD_RATE, det.turn_audio())}, nothing,
+                                                     nothing, nothing, kind="encode"))
+        self._event("early_encode", silence_s=det.trailing_silence_s)
 
     def send_text(self, text: str, speak: bool = True, image=None) -> Turn:
         text = (text or "").strip()

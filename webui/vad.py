@@ -75,15 +75,23 @@ def load_silero():
     The ONNX build runs on one onnxruntime thread of its own, so the VAD keeps real time while the model
     worker saturates torch's thread pool; the TorchScript build is the fallback.
     """
-    from silero_vad import load_silero_vad
+    import torch
 
     with _model_lock:
+        # importing silero_vad runs torch.set_num_threads(1) for the whole process: the assistant's model would
+        # then decode on one core (2-core CPU, fp32: 90 -> 155 ms per step, measured); keep what was set
+        threads = torch.get_num_threads()
         try:
-            import onnxruntime  # noqa: F401
+            from silero_vad import load_silero_vad
 
-            return load_silero_vad(onnx=True)
-        except ImportError:
-            return load_silero_vad()
+            try:
+                import onnxruntime  # noqa: F401
+
+                return load_silero_vad(onnx=True)
+            except ImportError:
+                return load_silero_vad()
+        finally:
+            torch.set_num_threads(threads)
 
 
 to_float32 = to_mono_float32  # one conversion for files, uploads and WebRTC frames
@@ -224,12 +232,16 @@ class TurnDetector:
             events.extend(self._close())
         return events
 
+    def turn_audio(self) -> np.ndarray:
+        """The audio the turn would have if it ended now: pre-roll + speech + a short tail, without the rest of
+        the end-of-turn silence. Once `trailing_silence_s` >= tail_s it only changes if speech resumes."""
+        audio = np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
+        keep_s = self._pre_frames * FRAME_S + (self.last_speech_end - self.speech_start) + self.config.tail_s
+        return audio[: int(keep_s * SAMPLE_RATE)]
+
     def _close(self) -> list:
         cfg = self.config
-        audio = np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
-        # keep pre-roll + speech + a short tail, drop the rest of the end-of-turn silence
-        keep_s = self._pre_frames * FRAME_S + (self.last_speech_end - self.speech_start) + cfg.tail_s
-        audio = audio[: int(keep_s * SAMPLE_RATE)]
+        audio = self.turn_audio()
         start, end, speech_s = self.speech_start, self.last_speech_end, self.speech_s
         self.in_speech = False
         self._utterance = []
