@@ -1,0 +1,63 @@
+"""Benchmark: what a user of the app waits, from the end of their speech to the first sound of the answer.
+
+Runs the app's conversation engine (real Silero VAD, the real-time transport harness of the tests, espeak-ng
+questions) on a checkpoint, with early encoding off and on, and prints `speech_end_to_first_audio_s` per question
+(it includes the end-of-turn silence, 0.6 s by default). Example:
+    .venv/bin/python scripts/app_latency.py --checkpoint /tmp/full --quantize int8
+"""
+
+import argparse
+import statistics
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+QUESTIONS = ["what is the capital of france and why is it famous", "how tall is the eiffel tower in paris",
+             "tell me a short story about a cat", "why is the sky blue during the day"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--quantize", choices=["int8"], default=None)
+    ap.add_argument("--questions", type=int, default=4, help="spoken questions per setting (default 4)")
+    a = ap.parse_args()
+
+    import omni
+    from webui.engine import Engine, EngineConfig
+    from webui_fixtures import run_realtime, silence, speech, timeline
+
+    holder = {}
+
+    def load():  # on a thread that ends, as the app does (no OpenMP team left beside the model worker's)
+        holder["model"] = omni.load_model(a.checkpoint, device="cpu", quantize=a.quantize)
+        holder["model"].generate("A1A2", audio=(16000, speech("warm up please")),
+                                 options=omni.DecodingOptions(max_new_tokens=12))
+
+    t = threading.Thread(target=load)
+    t.start()
+    t.join()
+    model = holder["model"]
+    waits: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(a.questions):
+        question = timeline(silence(0.5), speech(QUESTIONS[i % len(QUESTIONS)]), silence(6.0))
+        for early in ((False, True) if i % 2 == 0 else (True, False)):  # alternate the order: the VM drifts
+            model._last_audio = None  # no features left from the other setting's run
+            engine = Engine(model, EngineConfig(max_new_tokens=40, early_encode=early, policy="off"),
+                            options_cls=omni.DecodingOptions)
+            s = engine.new_session()
+            run_realtime(s, question, until=lambda: bool(s.history) and s.history[-1].status in ("done", "error"))
+            s.wait_idle(120)
+            waits[early].append(s.history[-1].timings.get("speech_end_to_first_audio_s"))
+            engine.close()
+    for early in (False, True):
+        print(f"early encode {'on ' if early else 'off'}: speech end -> first audio {waits[early]} s, "
+              f"mean {statistics.mean(waits[early]):.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
