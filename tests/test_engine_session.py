@@ -197,6 +197,8 @@ def test_side_work_runs_in_order_one_at_a_time_each_on_a_thread_that_ends():
     assert [f.result(timeout=10) for f in futures] == [0, 1, 4, 9]
     assert [i for i, _ in seen] == [0, 1, 2, 3] and max(overlap) == 1  # in order, never two at once
     threads = [t for _, t in seen]
+    for t in threads:  # the result is set just before its thread returns
+        t.join(timeout=5)
     assert len({id(t) for t in threads}) == 4 and not any(t.is_alive() for t in threads)
     boom = ex.submit(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
