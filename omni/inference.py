@@ -128,7 +128,10 @@ class Omni:
         release_freed_memory()
         say("loading Whisper encoder (small.pt) ...")
         verify_known_file(self.checkpoint_dir / "small.pt")
-        self.whisper, self.whisper_dims = audio_io.load_whisper_encoder(self.checkpoint_dir / "small.pt")
+        # fp32 copies on a CPU: +168 MB, but no per-question cast of the fp16-saved weights (int8 quantises
+        # the linear layers from the fp16 ones instead)
+        self.whisper, self.whisper_dims = audio_io.load_whisper_encoder(
+            self.checkpoint_dir / "small.pt", keep_fp16=self.device.type != "cpu" or self.quantize == "int8")
         if self.whisper_dims.n_audio_state != self.cfg.whisper_adapter_dim:
             raise CheckpointError(f"small.pt has width {self.whisper_dims.n_audio_state} but model_config.yaml says "
                                   f"whisper_adapter_dim {self.cfg.whisper_adapter_dim}")
@@ -151,11 +154,6 @@ class Omni:
         split_long_inputs(self.lm)  # CPU fp32 only: the MLP projections as column blocks (see omni/linear.py)
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
-        if self.device.type == "cpu":
-            # fp32 copies of the fp16-saved weights: +168 MB, but no per-question cast (~40 ms of a 1.9 s encode)
-            for m in self.whisper.modules():
-                if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)):
-                    m.float()
         self.snac.to(self.device)
         warm_up_snac(self.snac)
         release_freed_memory()
