@@ -53,7 +53,7 @@ def playback_gaps(chunks: list[tuple[float, float]], finished: float, prebuffer_
     `max_refill_s`, the app's max_ahead_s). prebuffer_s 0: a player that plays every chunk as it comes.
     """
     start, play_end, stall_s, stalls = None, 0.0, 0.0, 0
-    waiting, queued, target, wait_from = True, 0.0, prebuffer_s, 0.0
+    waiting, queued, target, wait_from = True, 0.0, min(prebuffer_s, max_refill_s), 0.0
     for i, (t, seconds) in enumerate(chunks):
         if not waiting and t > play_end:  # ran dry before this chunk came
             waiting, queued, wait_from = True, 0.0, play_end
@@ -62,7 +62,7 @@ def playback_gaps(chunks: list[tuple[float, float]], finished: float, prebuffer_
             play_end += seconds
             continue
         queued += seconds
-        enough = queued >= min(target, max_refill_s)
+        enough = queued >= target
         if enough or i == len(chunks) - 1:
             go = t if enough else max(t, finished)
             if start is None:

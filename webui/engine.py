@@ -381,7 +381,7 @@ class Session:
         self._ducked = False
         self._speaking_since: float | None = None
         self._refilling = False  # ran dry while generating: waiting for _refill_s of speech
-        self._refill_s = self.config.prebuffer_s
+        self._refill_s = 0.0  # speech to queue before (re)starting playback; set per turn (_start_turn)
         self._early: Job | None = None  # Whisper on the turn as it stands, while its end-of-turn silence runs
         self._early_key: tuple[float, float] | None = None  # (speech start, last speech) it was started for
         self._flush_hooks: list[Callable[[], None]] = []
@@ -565,8 +565,8 @@ class Session:
                     self._maybe_finish_playback()
                     wait = deadline - now
                 elif (self._speaking_since is None or self._refilling) and self._job is not None \
-                        and self._queued_s() < min(self._refill_s, self.config.max_ahead_s):
-                    wait = deadline - now  # let the buffer fill first (generation pauses past max_ahead_s)
+                        and self._queued_s() < self._refill_s:
+                    wait = deadline - now  # let the buffer fill first
                 else:
                     if self._speaking_since is None or self._refilling or heard_all:
                         # (re)start, or a gap shorter than one poll: the play clock runs from now
@@ -874,7 +874,8 @@ class Session:
             self._playback.clear()
             self._sent = 0
             self._speaking_since = None
-            self._refilling, self._refill_s = False, self.config.prebuffer_s
+            # never more than max_ahead_s: generation pauses there, so playback would wait forever
+            self._refilling, self._refill_s = False, min(self.config.prebuffer_s, self.config.max_ahead_s)
             self._ducked = False
             self._barge = None
             inputs: dict = {"options": self.engine._options(self.config)}
