@@ -25,21 +25,30 @@ def main() -> int:
     ap.add_argument("--quantize", choices=["int8"], default=None)
     ap.add_argument("--questions", type=int, default=4, help="spoken questions per setting (default 4)")
     a = ap.parse_args()
+    if a.questions < 1:
+        ap.error("--questions must be >= 1")
 
     import omni
+    from omni.errors import OmniError
     from webui.engine import Engine, EngineConfig
     from webui_fixtures import run_realtime, silence, speech, timeline
 
     holder = {}
 
     def load():  # on a thread that ends, as the app does (no OpenMP team left beside the model worker's)
-        holder["model"] = omni.load_model(a.checkpoint, device="cpu", quantize=a.quantize)
-        holder["model"].generate("A1A2", audio=(16000, speech("warm up please")),
-                                 options=omni.DecodingOptions(max_new_tokens=12))
+        try:
+            holder["model"] = omni.load_model(a.checkpoint, device="cpu", quantize=a.quantize)
+            holder["model"].generate("A1A2", audio=(16000, speech("warm up please")),
+                                     options=omni.DecodingOptions(max_new_tokens=12))
+        except OmniError as e:  # a missing or broken checkpoint: say what, no traceback
+            holder["error"] = str(e)
 
     t = threading.Thread(target=load)
     t.start()
     t.join()
+    if "error" in holder:
+        print(f"error: {holder['error']}", file=sys.stderr)
+        return 2
     model = holder["model"]
     waits: dict[bool, list[float]] = {False: [], True: []}
     for i in range(a.questions):
