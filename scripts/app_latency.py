@@ -63,8 +63,9 @@ def main() -> int:
             waits[early].append(s.history[-1].timings.get("speech_end_to_first_audio_s"))
             engine.close()
     for early in (False, True):
-        print(f"early encode {'on ' if early else 'off'}: speech end -> first audio {waits[early]} s, "
-              f"mean {statistics.mean(waits[early]):.3f} s")
+        heard = [w for w in waits[early] if w is not None]  # None: that answer had no speech
+        mean = f"mean {statistics.mean(heard):.3f} s" if heard else "no spoken answer"
+        print(f"early encode {'on ' if early else 'off'}: speech end -> first audio {waits[early]} s, {mean}")
     return 0
 
 
