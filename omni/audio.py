@@ -96,6 +96,12 @@ def log_mel(audio16k: np.ndarray) -> torch.Tensor:
     return whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio16k)))
 
 
+def warm_up() -> None:
+    """Compute one log-mel: the first call reads the mel filters and plans the FFT (~0.3 s on a 2-core CPU),
+    which would otherwise delay the first question."""
+    log_mel(np.zeros(MIN_SAMPLES, np.float32))
+
+
 def _whisper_linear(x: torch.Tensor, mod: torch.nn.Module) -> torch.Tensor:
     if not isinstance(mod, torch.nn.Linear):  # int8 mode: a dynamically quantised module
         return mod(x)

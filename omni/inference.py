@@ -156,6 +156,7 @@ class Omni:
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
         self.snac.to(self.device)
         warm_up_snac(self.snac)
+        audio_io.warm_up()
         release_freed_memory()
         _mmap_threshold(32 << 20)
         self.load_s = time.perf_counter() - t0
@@ -171,6 +172,10 @@ class Omni:
         """
         feats = self._whisper_features(audio_io.load_audio(audio), cancel)
         return None if feats is None else feats.clone()  # the kept copy stays as computed
+
+    def forget_audio(self) -> None:
+        """Drop the kept features of the last audio (benchmarks time Whisper on every request)."""
+        self._last_audio = None
 
     def _n_frames(self, samples: np.ndarray) -> int:
         return min(whisper_frames(len(samples)), self.whisper_dims.n_audio_ctx)

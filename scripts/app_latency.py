@@ -54,7 +54,7 @@ def main() -> int:
     for i in range(a.questions):
         question = timeline(silence(0.5), speech(QUESTIONS[i % len(QUESTIONS)]), silence(6.0))
         for early in ((False, True) if i % 2 == 0 else (True, False)):  # alternate the order: the VM drifts
-            model._last_audio = None  # no features left from the other setting's run
+            model.forget_audio()  # no features left from the other setting's run
             engine = Engine(model, EngineConfig(max_new_tokens=40, early_encode=early, policy="off"),
                             options_cls=omni.DecodingOptions)
             s = engine.new_session()

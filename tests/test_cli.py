@@ -148,6 +148,23 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
 
 
+def test_bench_times_whisper_in_every_request(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """The model keeps the last audio's features; the bench's requests must not reuse them (a question's time
+    to first audio includes its Whisper encode)."""
+    import omni.audio
+
+    calls = []
+    real = omni.audio.whisper_encode
+    monkeypatch.setattr(omni.audio, "whisper_encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "bench.json"
+    rc, _, _ = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, "--steps", 2, "--stream-steps", 12,
+                       "--ttfa-runs", 3, "--json", out)
+    assert rc == 0
+    runs = json.loads(out.read_text())["ttfa_runs_s"]
+    # the warm-up prompt, the streamed answer, then one per further time-to-first-audio request
+    assert len(calls) == 1 + max(1, len(runs))
+
+
 def test_playback_gaps_model_the_app_player():
     from omni.bench import playback_gaps
 
