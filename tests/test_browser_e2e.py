@@ -149,7 +149,8 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def wait_for(fn, timeout: float, page, what: str):
+def wait_for(fn, timeout: float, page, what: str, explain=None):
+    """Poll fn until truthy; on timeout fail with a screenshot and `explain()` (what the server logged)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = fn()
@@ -158,7 +159,8 @@ def wait_for(fn, timeout: float, page, what: str):
         page.wait_for_timeout(200)  # keeps Playwright's event loop running
     shot = Path(os.environ.get("WEBUI_SCREENSHOT_DIR", "/tmp")) / "failure.png"
     page.screenshot(path=str(shot), full_page=True)
-    raise AssertionError(f"timed out waiting for {what} (page: {shot})")
+    detail = f"; {explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out waiting for {what} (page: {shot}){detail}")
 
 
 def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
@@ -218,8 +220,10 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         page.screenshot(path=str(shot_dir / "screenshot_answering.png"), full_page=False)
 
         # 3. "stop omni" interrupts: exactly once, playback goes quiet and stays quiet
+        def barge_events():  # why no interruption came, should it not
+            return [e for e in read_events(events_path) if e["ev"] not in ("camera_on",)][-12:]
         inter = wait_for(lambda: [e for e in read_events(events_path) if e["ev"] == "interrupted"], 30, page,
-                         "the stop command")
+                         "the stop command", explain=barge_events)
         page.wait_for_timeout(2500)
         evs = read_events(events_path)
         assert len([e for e in evs if e["ev"] == "interrupted"]) == 1
