@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 HF_REPO = "gpt-omni/mini-omni2"
-TINY_BANNER = ("⚠️ **Random weights — answers are noise.** This is the tiny test checkpoint (`--checkpoint tiny`); "
-               "it exercises the whole pipeline offline. Start with `--checkpoint checkpoints/` for real answers.")
+TINY_BANNER = ("⚠️ **Random weights — answers are noise.** This is a tiny test checkpoint; it exercises the whole "
+               "pipeline offline. Start with `--checkpoint checkpoints/` (fetch it with `--download`) for real answers.")
 REQUIRED = ("lit_model.pth", "model_config.yaml", "small.pt", "ViT-B-32.pt", "snac_24khz")
 
 
@@ -116,6 +116,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from omni.errors import OmniInputError
+    from omni.inference import resolve_device
+
+    try:  # before the page comes up: a dead page is worse than a one-line error
+        resolve_device(args.device)
+    except OmniInputError as e:
+        print(f"Bad option: {e}", file=sys.stderr)
+        return 2
     err = ensure_checkpoint(args)
     if err:
         print(err, file=sys.stderr)

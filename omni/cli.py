@@ -134,6 +134,13 @@ def _check_inputs(a):
         image = open_image(a.image)
     if a.task in TEXT_INPUT_TASKS and (a.text is None or not a.text.strip()):
         raise OmniInputError(f"task {a.task} needs --text (the question); it is empty")
+    # the model takes a picture only with a spoken question: say so instead of answering without it
+    unused = [f for f, v, tasks in (("--image", a.image, ("IMAGE_A1A2",)), ("--audio", a.audio, AUDIO_INPUT_TASKS),
+                                    ("--text", a.text, TEXT_INPUT_TASKS)) if v and a.task not in tasks]
+    if unused:
+        print(f"warning: task {a.task} does not use {' or '.join(unused)} (ignored); tasks: "
+              f"IMAGE_A1A2 = image + spoken question, A1A2/A1T2/ASR = spoken question, T1A2/T1T2 = typed text",
+              file=sys.stderr)
     for flag, path in (("--tokens-json", a.tokens_json), ("--out-wav", a.out_wav)):
         if path and not Path(path).resolve().parent.is_dir():
             raise OmniInputError(f"{flag}: folder {Path(path).resolve().parent} does not exist")

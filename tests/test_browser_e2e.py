@@ -341,3 +341,67 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         page.locator("#apply").click()
         wait_for(lambda: "at least one stop phrase" in page.locator("body").inner_text(), 15, page, "the error")
         ctx.close()
+
+
+def test_input_mistakes_are_explained_and_stop_pauses_the_recorded_answer(app, tmp_path):
+    """Without a voice connection: a typed spoken answer plays in the "Last answer" player and the stop button
+    pauses it; a non-image upload, a picture with a typed question and an overlong message each get a message
+    (a toast), and what the user typed stays in the box, with no error mark over it."""
+    from playwright.sync_api import sync_playwright
+
+    url, _, _ = app
+    not_image = tmp_path / "holiday.png"
+    not_image.write_text("this is a text file with an image name")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1400, "height": 1100},
+            args=FLAGS)
+        page = ctx.new_page()
+        page.goto(url, wait_until="load")
+        wait_for(lambda: "Model ready" in page.locator("#status-line").inner_text(), 120, page, "the model")
+        box = page.locator("#text-in textarea")
+
+        def toasts() -> str:
+            return " ".join(page.locator(".toast-body").all_inner_texts())
+
+        # 1. the recorded answer plays (the endless checkpoint: 400 steps, ~34 s of speech) and "Stop" pauses it
+        box.fill("tell me a long story")
+        page.locator("#send").click()
+        pause = page.locator('#last-answer [data-testid="waveform-controls"] button[aria-label="Pause"]')
+        wait_for(lambda: pause.count() == 1, 90, page, "the answer playing in the Last answer player")
+        clock = page.locator("#last-answer #time")
+        page.wait_for_timeout(1200)
+        page.locator("#stop").click()
+        page.wait_for_timeout(500)
+        at_stop = clock.inner_text()
+        page.wait_for_timeout(1500)
+        assert pause.count() == 0 and clock.inner_text() == at_stop, "the recorded answer kept playing after Stop"
+
+        # 2. a text file named .png with an audio question: said, not a traceback
+        page.get_by_text("Upload audio / image").click()
+        page.locator("#upload-audio input[type=file]").set_input_files(str(ROOT / "assets/examples/describe_the_image.wav"))
+        page.locator("#upload-image input[type=file]").set_input_files(str(not_image))
+        page.wait_for_timeout(1000)
+        page.locator("#upload-send").click()
+        wait_for(lambda: "not an image I can read" in toasts(), 15, page, "the not-an-image message")
+
+        # 3. a picture with a typed question: the model takes pictures only with a spoken question
+        page.locator("#upload-image").get_by_role("button", name="Remove Image").click()
+        page.locator("#upload-image input[type=file]").set_input_files(str(ROOT / "assets/examples/house.png"))
+        page.wait_for_timeout(1000)
+        box.fill("what is in this picture?")
+        page.locator("#send").click()
+        wait_for(lambda: "spoken" in toasts(), 15, page, "the picture-needs-a-spoken-question message")
+        assert box.input_value() == "what is in this picture?"  # kept, to edit or resend
+        page.locator("#upload-image").get_by_role("button", name="Remove Image").click()
+
+        # 4. an overlong message is refused whole (not cut to a fragment and sent)
+        long_text = "word " * 600
+        box.fill(long_text)
+        page.locator("#send").click()
+        wait_for(lambda: "too long" in toasts(), 15, page, "the too-long message")
+        assert box.input_value() == long_text
+        assert "Error" not in page.locator("#text-in").inner_text()  # no error mark covering the box
+        said = page.locator("#chat").inner_text()
+        assert "what is in this picture" not in said and "word word" not in said  # nothing refused was sent
+        ctx.close()

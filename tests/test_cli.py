@@ -61,6 +61,7 @@ BAD = {
     "overlong text": (["--task", "T1T2", "--text", "word " * 2100], "text is too long"),
     "budget too big": (["--task", "T1T2", "--text", "hi", "--max-new-tokens", "5000"], "exceeds the model's"),
     "zero budget": (["--task", "T1T2", "--text", "hi", "--max-new-tokens", "0"], "max_new_tokens must be"),
+    "unknown device": (["--task", "T1T2", "--text", "hi", "--device", "gpu"], "unknown device 'gpu'"),
 }
 
 
@@ -73,6 +74,17 @@ def test_bad_input_is_one_clear_line_and_exit_2(tiny_ckpt, media, capsys, case):
     lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err
+
+
+def test_an_input_the_task_does_not_use_is_named_in_a_warning(tiny_ckpt, media, capsys, tmp_path):
+    """The model takes a picture only with a spoken question (IMAGE_A1A2): a picture sent with typed text would
+    otherwise be dropped without a word."""
+    rc, _, err = run_cli(capsys, "generate", "--checkpoint", tiny_ckpt, "--task", "T1T2", "--text", "what is this?",
+                         "--image", media["image"], "--max-new-tokens", 2, "--tokens-json", tmp_path / "t.json")
+    assert rc == 0 and "warning: task T1T2 does not use --image" in err and "IMAGE_A1A2" in err
+    rc, _, err = run_cli(capsys, "generate", "--checkpoint", tiny_ckpt, "--task", "IMAGE_A1A2", "--audio",
+                         media["speech16k"], "--image", media["image"], "--max-new-tokens", 2)
+    assert rc == 0 and "warning" not in err
 
 
 def test_long_audio_is_trimmed_with_a_warning(tiny_ckpt, media, capsys, tmp_path):

@@ -78,7 +78,10 @@ def test_export_zip_has_transcript_and_every_file(engine, tmp_path):
     s.set_camera_frame(np.full((48, 64, 3), 200, np.uint8))
     feed(s, timeline(silence(0.3), speech("what is the capital of france"), silence(1.0)))
     assert s.wait_idle(20)
-    s.send_text("and of spain?", image=np.full((32, 32, 3), 10, np.uint8))
+    with pytest.raises(ValueError, match="spoken"):  # no typed-question-with-picture task: said, not ignored
+        s.send_text("and of spain?", image=np.full((32, 32, 3), 10, np.uint8))
+    assert len(s.history) == 1
+    s.send_text("and of spain?")
     assert s.wait_idle(20)
     path = s.export_zip()
     assert path.parent == s.dir  # written inside the session folder
@@ -87,7 +90,7 @@ def test_export_zip_has_transcript_and_every_file(engine, tmp_path):
         data = json.loads(z.read("transcript.json"))
         md = z.read("transcript.md").decode()
     assert names == {"transcript.json", "transcript.md", "turn_001_user.wav", "turn_001_image.jpg",
-                     "turn_001_assistant.wav", "turn_002_image.jpg", "turn_002_assistant.wav"}
+                     "turn_001_assistant.wav", "turn_002_assistant.wav"}
     assert [t["task"] for t in data["turns"]] == ["IMAGE_A1A2", "T1A2"]
     assert data["turns"][1]["user_text"] == "and of spain?" and "Paris" in md
     assert data["turns"][0]["files"]["user_audio"] == "turn_001_user.wav"
@@ -154,6 +157,8 @@ def test_bad_inputs_give_clear_messages(engine, tmp_path):
         load_image(np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError):
         s.send_upload()
+    with pytest.raises(ValueError, match="spoken"):  # a picture alone: the model needs a spoken question with it
+        s.send_upload(image=np.full((32, 32, 3), 10, np.uint8))
     assert not s.history  # nothing half-started
 
 
@@ -212,3 +217,38 @@ def test_side_work_runs_in_order_one_at_a_time_each_on_a_thread_that_ends():
     assert blocker.result(timeout=10) is True and queued.cancelled()
     with pytest.raises(RuntimeError):
         ex.submit(task, 1)
+
+
+def test_an_answer_waiting_for_playback_lets_another_session_be_served(tmp_path):
+    """Session a's answer is generated 10x faster than it plays, so it spends most of its playback waiting to
+    stay at most max_ahead_s ahead. Session b's question, asked meanwhile, is answered in that time instead of
+    after a's whole answer, and a's speech plays on without a gap."""
+    from webui_fixtures import SR, run_realtime
+
+    model = ScriptedModel(speed=10.0, first_delay=0.1)  # ~10 s of speech
+    engine = Engine(model, EngineConfig(policy="off", max_ahead_s=2.0), transcriber=None,
+                    recordings_dir=str(tmp_path), options_cls=Options)
+    try:
+        a, b = engine.new_session(), engine.new_session()
+        ta = a.send_text("tell me about paris")
+        a_status_when_b_done = []
+
+        def ask_b():
+            time.sleep(2.0)  # a is playing, well ahead
+            tb = b.send_text("and the capital of spain?", speak=False)
+            assert b.wait_idle(20)
+            a_status_when_b_done.append((tb, ta.status))
+
+        asker = threading.Thread(target=ask_b)
+        asker.start()
+        played = run_realtime(a, silence(7.0, SR), until=lambda: ta.status == "done")
+        asker.join()
+        tb, a_status = a_status_when_b_done[0]
+        assert tb.status == "done" and tb.assistant_text == model.answer
+        assert a_status == "speaking"  # b was answered while a was still being heard
+        assert tb.timings["queue_wait_s"] < 0.5, tb.timings  # not queued behind a's playback
+        loud = [p.t for p in played if p.rms > 0.02]
+        assert loud and max(np.diff(loud)) < 0.35  # a played on (the scripted speech has short pauses only)
+        assert ta.timings["throttled_s"] > 2.0  # a's answer did wait for its playback
+    finally:
+        engine.close()

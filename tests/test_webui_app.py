@@ -32,3 +32,9 @@ def test_bad_option_values_are_refused():
     assert r.returncode == 2 and "Bad option" in r.stderr and "Traceback" not in r.stderr
     r = run("--policy", "sometimes")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_an_unusable_device_is_refused_before_the_page_comes_up():
+    for device, said in (("gpu", "unknown device"), ("cuda:7", "cuda")):
+        r = run("--checkpoint", "tiny", "--device", device)
+        assert r.returncode == 2 and "Bad option" in r.stderr and said in r.stderr and "Traceback" not in r.stderr

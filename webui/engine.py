@@ -18,13 +18,14 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 import traceback
 import uuid
 import zipfile
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -38,6 +39,9 @@ OUT_RATE = 24000  # SNAC output
 POLICIES = ("command", "any", "off")
 TEXT_TASKS = {"speech": "T1A2", "text": "T1T2"}
 MAX_TEXT_CHARS = 2000
+# Mini-Omni2 has one image task, IMAGE_A1A2: a picture with a spoken question (no typed question with a picture)
+PICTURE_NEEDS_VOICE = ("The model answers about a picture only when the question is spoken: ask out loud with the "
+                       "webcam on, or upload a recorded question (audio) together with the picture.")
 MAX_UPLOAD_AUDIO_S = 60.0
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_TURNS_KEPT = 200  # older turns are dropped from memory (and from the export) to bound a session
@@ -141,6 +145,9 @@ class FreshThreadExecutor:
 # ---------------------------------------------------------------- the model worker (one at a time)
 
 
+GO, WAIT, HOLD = "go", "wait", "hold"  # a started answer's gate: advance it / skip it for now / run nothing at all
+
+
 @dataclass
 class Job:
     task: str
@@ -150,19 +157,34 @@ class Job:
     on_done: Callable[["Job"], None]
     cancel: threading.Event = field(default_factory=threading.Event)
     kind: str = "answer"  # or "encode": Whisper features of a turn that may be about to end
+    # asked before each step of a started answer: WAIT while its speech is far ahead of playback (the worker
+    # serves other answers meanwhile), HOLD while its listener may be saying a stop command (the CPU is left to
+    # the command check)
+    gate: Callable[[], str] = lambda: GO
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
+    paused_s: float = 0.0  # time started but not computing (gated, or another answer's turn): not model time
+    events: Iterator[Any] | None = None
+    _last_step: float | None = None
 
 
 class ModelWorker:
-    """A FIFO in front of the model. Queue position 0 means running."""
+    """One thread in front of the model, serving answers in arrival order.
 
-    def __init__(self, model, make_options: Callable[[EngineConfig], Any]):
+    An answer is a stream of events, advanced one event at a time. A started answer that waits (its speech is
+    far enough ahead of playback) lets the worker advance the next started one, or start the next in the queue:
+    a second session is not kept waiting through the first one's whole playback. The earliest answer that can
+    go always goes first, so a later one only uses time the earlier ones leave. At most `max_active` answers
+    are started at once (each holds a KV cache). Queue position 0 means started.
+    """
+
+    def __init__(self, model, make_options: Callable[[EngineConfig], Any], max_active: int = 4):
         self.model = model
         self.make_options = make_options
+        self.max_active = max(1, max_active)
         self._jobs: deque[Job] = deque()
-        self._running: Job | None = None
+        self._active: list[Job] = []  # started, in the order they started
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="model-worker", daemon=True)
@@ -175,11 +197,11 @@ class ModelWorker:
         return job
 
     def position(self, job: Job) -> int | None:
-        """Answers ahead of `job` (0: running, or only an early encode is ahead of it)."""
+        """Answers ahead of `job` in the queue (0: started, or only an early encode is ahead of it)."""
         with self._cond:
-            if job is self._running:
+            if job in self._active:
                 return 0
-            ahead = int(self._running is not None and self._running.kind == "answer")
+            ahead = int(any(j.kind == "answer" for j in self._active))
             for j in self._jobs:
                 if j is job:
                     return ahead
@@ -189,7 +211,7 @@ class ModelWorker:
     @property
     def idle(self) -> bool:
         with self._cond:
-            return self._running is None and not self._jobs
+            return not self._active and not self._jobs
 
     def remove(self, job: Job) -> bool:
         with self._cond:
@@ -213,38 +235,84 @@ class ModelWorker:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._jobs and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
+    def _next_job(self) -> Job | None:
+        """The job to advance now: the earliest started answer whose gate says go, else a new one from the
+        queue (when there is room); None when everything waits."""
+        with self._cond:
+            active = list(self._active)
+        # gates take their sessions' locks: asked outside the worker's own lock (sessions call in holding theirs)
+        gates = [GO if j.cancel.is_set() else j.gate() for j in active]
+        if HOLD in gates:
+            return None
+        for job, gate in zip(active, gates):
+            if gate == GO:
+                return job
+        with self._cond:
+            if self._jobs and len(self._active) < self.max_active:
                 job = self._jobs.popleft()
-                self._running = job
-            try:
-                if not job.cancel.is_set():
-                    job.started = time.monotonic()
-                    self._run(job)
-            except Exception as e:  # a model failure ends this turn, never the app
-                job.on_error(_user_message(e))
-                log.error("model failure:\n%s", traceback.format_exc())
-            finally:
-                job.finished = time.monotonic()
-                with self._cond:
-                    self._running = None
-                try:
-                    job.on_done(job)
-                except Exception:
-                    log.error("turn bookkeeping failed:\n%s", traceback.format_exc())
+                self._active.append(job)
+                return job
+        return None
 
-    def _run(self, job: Job) -> None:
-        if job.kind == "encode":
-            self.model.encode_audio(job.inputs["audio"], cancel=job.cancel)  # the model keeps the features
-            return
-        opts = job.inputs.pop("options")
-        for ev in self.model.stream(job.task, options=opts, cancel=job.cancel, **job.inputs):
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if self._stop:
+                        return
+                    while not self._jobs and not self._active and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                job = self._next_job()
+                if job is None:
+                    with self._cond:
+                        self._cond.wait(0.05)  # a gate opens as playback goes on: look again soon
+                    continue
+                self._advance(job)
+        finally:
+            for job in list(self._active):  # free what the started answers hold, on this thread
+                self._finish(job)
+
+    def _advance(self, job: Job) -> None:
+        """Start `job` or take its next event; finish it when it ends, fails or was cancelled before starting."""
+        now = time.monotonic()
+        try:
+            if job.started is None:
+                job.started = now
+                if job.cancel.is_set():
+                    raise StopIteration
+                if job.kind == "encode":
+                    self.model.encode_audio(job.inputs["audio"], cancel=job.cancel)  # the model keeps the features
+                    raise StopIteration
+                opts = job.inputs.pop("options")
+                job.events = iter(self.model.stream(job.task, options=opts, cancel=job.cancel, **job.inputs))
+            elif job._last_step is not None:
+                job.paused_s += now - job._last_step
+            ev = next(job.events)
+            job._last_step = time.monotonic()
             job.on_event(ev)
+        except StopIteration:
+            self._finish(job)
+        except Exception as e:  # a model failure ends this turn, never the app
+            job.on_error(_user_message(e))
+            log.error("model failure:\n%s", traceback.format_exc())
+            self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        if job.events is not None and hasattr(job.events, "close"):
+            try:
+                job.events.close()  # frees the answer's KV cache now
+            except Exception:
+                log.error("closing a model stream failed:\n%s", traceback.format_exc())
+        job.finished = time.monotonic()
+        with self._cond:
+            if job in self._active:
+                self._active.remove(job)
+        try:
+            job.on_done(job)
+        except Exception:
+            log.error("turn bookkeeping failed:\n%s", traceback.format_exc())
 
 
 def _user_message(e: Exception) -> str:
@@ -379,6 +447,7 @@ class Session:
         self._play_t0 = 0.0
         self._sent = 0  # samples handed to the transport for the current turn
         self._ducked = False
+        self._ducked_at = 0.0
         self._speaking_since: float | None = None
         self._refilling = False  # ran dry while generating: waiting for _refill_s of speech
         self._refill_s = 0.0  # speech to queue before (re)starting playback; set per turn (_start_turn)
@@ -488,17 +557,17 @@ class Session:
             raise ValueError("Type a message first.")
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"The message is too long ({len(text)} characters; the limit is {MAX_TEXT_CHARS}).")
-        task = TEXT_TASKS["speech" if speak else "text"]
-        img = load_image(image) if image is not None else None
-        return self._start_turn("text", task, text=text, image=img, image_source="upload" if img is not None else "")
+        if image is not None:  # answering without it while showing it in the chat would mislead
+            raise ValueError(PICTURE_NEEDS_VOICE + " To send the typed message, remove the picture.")
+        return self._start_turn("text", TEXT_TASKS["speech" if speak else "text"], text=text)
 
-    def send_upload(self, audio=None, image=None, text: str = "", speak: bool = True) -> Turn:
+    def send_upload(self, audio=None, image=None, speak: bool = True) -> Turn:
         """An uploaded audio file (and/or image): answered like a voice turn."""
-        img = load_image(image) if image is not None else None
         if audio is None:
-            if img is not None and text.strip():
-                return self.send_text(text, speak, image=img)
+            if image is not None:
+                raise ValueError(PICTURE_NEEDS_VOICE)
             raise ValueError("Upload an audio file (with an optional image), or type a message.")
+        img = load_image(image) if image is not None else None
         a = load_audio(audio)
         task = "IMAGE_A1A2" if img is not None else "A1A2"
         if not speak:
@@ -785,6 +854,7 @@ class Session:
     def _duck(self, onset_wall: float) -> None:
         self._ducked = True
         now = time.monotonic()
+        self._ducked_at = now
         self._silence_at = self._silence_after_flush(now)
         if self._current is not None:
             self._current.timings.setdefault("ducks", 0)
@@ -889,8 +959,9 @@ class Session:
             inputs["mode"] = self.config.stream_mode
             submitted = time.monotonic()
             turn.timings["submitted"] = submitted
-            job = Job(task, inputs, lambda ev: self._on_model_event(turn, ev),
-                      lambda msg: self._on_model_error(turn, msg), lambda j: self._on_job_done(turn, j))
+            job = Job(task, inputs, lambda ev: self._on_model_event(turn, ev, job),
+                      lambda msg: self._on_model_error(turn, msg), lambda j: self._on_job_done(turn, j),
+                      gate=lambda: self._gate(turn))
             self._job = job
             self.engine.worker.submit(job)
             self._event("turn_submitted", index=turn.index, task=task)
@@ -909,12 +980,13 @@ class Session:
             return text
         return "\n".join(lines) + f"\nUser: {text}"
 
-    def _on_model_event(self, turn: Turn, ev) -> None:
+    def _on_model_event(self, turn: Turn, ev, job: Job) -> None:
         from omni.events import AudioChunk, Finished, TextDelta
 
         with self._lock:
+            turn.timings["throttled_s"] = round(job.paused_s, 3)
             if isinstance(ev, Finished) and ev.stats is not None and turn.status == "interrupted":
-                turn.timings["model"] = model_timings(ev.stats, turn.timings.get("throttled_s", 0.0))
+                turn.timings["model"] = model_timings(ev.stats, job.paused_s)
                 turn.timings["steps_per_s"] = turn.timings["model"].get("steps_per_s")
             if turn is not self._current or turn.status == "interrupted":
                 return
@@ -942,34 +1014,25 @@ class Session:
                 if self._transports:
                     self._playback.append(pcm)
                     self._bump()
-                    self._backpressure(turn)  # may return after an interruption: nothing below may undo it
             elif isinstance(ev, Finished):
                 st = ev.stats
                 if st is not None:
-                    turn.timings["model"] = model_timings(st, turn.timings.get("throttled_s", 0.0))
+                    turn.timings["model"] = model_timings(st, job.paused_s)
                     if not turn.assistant_text and ev.result.text:
                         turn.assistant_text = ev.result.text
             self._bump()
 
-    def _backpressure(self, turn: Turn) -> None:
-        """Runs in the worker: when speech is generated far ahead of playback, wait.
-
-        Generating faster than real time buys nothing but CPU taken from the VAD and the stop-command ASR
-        (and work thrown away on an interruption).
-        """
-        limit = self.config.max_ahead_s
-        t0 = time.monotonic()
-        try:
-            while turn is self._current and turn.status != "interrupted" and not self.closed:
-                ahead = self._queued_s()
-                # while paused for a possible stop command, leave the CPU to the command check
-                checking = self._ducked and time.monotonic() - t0 < self.config.command_max_s + 2.0
-                if ahead <= limit and not checking:
-                    return
-                self._cond.wait(0.05)
-        finally:
-            # kept apart so steps/s and the real-time factor describe the model, not the waiting
-            turn.timings["throttled_s"] = round(turn.timings.get("throttled_s", 0.0) + time.monotonic() - t0, 3)
+    def _gate(self, turn: Turn) -> str:
+        """Asked by the model worker before each step of this turn's answer: WAIT while the speech generated is
+        far ahead of playback (generating faster than real time buys nothing but CPU taken from the VAD, the
+        command check and other sessions, and work thrown away on an interruption); HOLD while playback is
+        paused for a possible stop command, so the command check has the CPU."""
+        with self._lock:
+            if turn is not self._current or turn.status == "interrupted" or self.closed or not self._transports:
+                return GO
+            if self._ducked and time.monotonic() - self._ducked_at < self.config.command_max_s + 2.0:
+                return HOLD
+            return WAIT if self._queued_s() > self.config.max_ahead_s else GO
 
     def _on_model_error(self, turn: Turn, msg: str) -> None:
         with self._lock:
@@ -1111,7 +1174,8 @@ class Session:
 
 
 def model_timings(stats, throttled_s: float) -> dict:
-    """The model's stats, with time spent waiting for playback (back-pressure) taken out of the rates."""
+    """The model's stats, with the time the answer was paused (ahead of playback, or another session's answer
+    computing) taken out of the rates."""
     d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.as_dict().items()}
     busy_decode = max(1e-6, (stats.decode_s or 0.0) - throttled_s)
     d["steps_per_s"] = round(stats.steps / busy_decode, 2) if stats.steps else d.get("steps_per_s")
@@ -1188,27 +1252,49 @@ def load_audio(audio) -> tuple[int, np.ndarray]:
     return sr, a.astype(np.float32)
 
 
-def load_image(image) -> np.ndarray:
-    """Path, PIL image or array -> HxWx3 uint8; clear errors for bad uploads."""
+IMAGE_TOO_LARGE = "The image is too large (over 16 megapixels)."
+NOT_AN_IMAGE = "That file is not an image I can read (try PNG or JPEG)."
+
+
+def _read_image_file(path) -> np.ndarray | None:
+    """An image file -> HxWx3 uint8, or None when it is too large (known from the header, before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if isinstance(image, (str, Path)):
-            with Image.open(image) as im:
-                if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise ValueError("The image is too large (over 16 megapixels).")
-                return np.asarray(im.convert("RGB"))
-        if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
-        a = np.asarray(image)
-    except (UnidentifiedImageError, OSError):
-        raise ValueError("That file is not an image I can read (try PNG or JPEG).") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked right here
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                return None
+            return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError:  # PIL refuses headers over ~179 megapixels outright
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # not an image, truncated, corrupt
+        raise ValueError(NOT_AN_IMAGE) from None
+
+
+def load_image(image) -> np.ndarray:
+    """Path, PIL image or array -> HxWx3 uint8; clear errors for bad uploads."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        a = _read_image_file(image)
+        if a is None:
+            raise ValueError(IMAGE_TOO_LARGE)
+    elif isinstance(image, Image.Image):
+        a = np.asarray(image.convert("RGB"))
+    else:
+        try:
+            a = np.asarray(image)
+        except (TypeError, ValueError):
+            raise ValueError(NOT_AN_IMAGE) from None
     if a.ndim == 2:
         a = np.stack([a] * 3, axis=-1)
     if a.ndim != 3 or a.shape[2] not in (3, 4) or a.shape[0] < 8 or a.shape[1] < 8:
         raise ValueError("The image must be a colour picture at least 8x8 pixels.")
     if a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:
-        raise ValueError("The image is too large (over 16 megapixels).")
+        raise ValueError(IMAGE_TOO_LARGE)
     if a.dtype != np.uint8:
         a = np.clip(a * (255 if a.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(a[..., :3])

@@ -48,16 +48,59 @@ HEAD_JS = """
 </script>
 """
 
-PAUSE_REPLAYS_JS = """() => { document.querySelectorAll('audio').forEach(a => { if (!a.srcObject) { a.pause(); } }); }"""
+# Pause recorded answers playing in the page: plain <audio> elements, and Gradio's waveform players (their audio
+# is not in the DOM, so their own Pause button is pressed). The live WebRTC stream (srcObject) is left alone.
+PAUSE_REPLAYS_JS = """() => {
+  document.querySelectorAll('audio').forEach(a => { if (!a.srcObject) { a.pause(); } });
+  document.querySelectorAll('[data-testid="waveform-controls"] button[aria-label="Pause"]').forEach(b => b.click());
+}"""
 
 CSS = """
 #media-error { display:none; background:#fde8e8; color:#9b1c1c; padding:8px 12px; border-radius:6px; }
 #banner-random { background:#fff4d6; color:#7a4b00; padding:8px 12px; border-radius:6px; font-weight:600; }
 #status-line { min-height: 1.6em; }
+#status-line, #status-line * { opacity: 1 !important; transition: none !important; }  /* no dimming on each tick */
+#latency table { font-size: 0.85em; }
+#latency th, #latency td, #latency th *, #latency td * { white-space: nowrap !important; }
 """
 
 LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill ms", "first audio s", "ms/step", "steps/s",
                    "RTF", "playback pauses", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
+
+
+class UnreadableImage:
+    """What an image box hands on for an upload Gradio itself could not take apart (a handler says so)."""
+
+
+class Refused(Exception):
+    """A request the UI turns down with a message (bad input, model not loaded)."""
+
+
+def checked_upload(image):
+    if isinstance(image, UnreadableImage):
+        raise Refused("That file is not an image I can read (try PNG or JPEG).")
+    return image
+
+
+def image_upload(**kwargs):
+    """gr.Image for uploads and pastes whose handlers get the file's path undecoded, so the engine's own reading
+    gives the message ("not an image", "too large") where gr.Image would decode first and fail with a traceback
+    (or spend ~10 s decoding a 150-megapixel picture before the size check). Same browser component."""
+    import gradio as gr
+
+    class ImageUpload(gr.Image):
+        def get_block_name(self) -> str:
+            return "image"
+
+        def preprocess(self, payload):
+            if payload is None or payload.path:
+                return None if payload is None else payload.path  # a file Gradio checked into its upload cache
+            try:  # an inline (data: URL) image
+                return super().preprocess(payload)
+            except Exception:
+                return UnreadableImage()
+
+    return ImageUpload(sources=["upload", "clipboard"], type="filepath", **kwargs)
 
 
 @dataclass
@@ -111,7 +154,15 @@ class OmniApp:
             model = omni.load_model(ckpt, device=self.opts.device, dtype=self.opts.dtype,
                                     quantize=self.opts.quantize, progress=True)
             self._set_status("Loading the speech recogniser for stop commands…")
-            transcriber = make_transcriber(self.opts.asr, ckpt, self.opts.device)
+            try:
+                transcriber = make_transcriber(self.opts.asr, ckpt, str(model.device))
+                asr = getattr(transcriber, "name", "none") if transcriber else "none (only the 'any' and 'off' " \
+                                                                               "policies interrupt)"
+            except Exception as e:  # the assistant works without it; say what failed instead of blaming the model
+                transcriber = None
+                asr = (f"could not load --asr {self.opts.asr!r} ({type(e).__name__}: {e}); stop phrases are not "
+                       f"recognised, only the 'any' and 'off' policies interrupt (try --asr auto)")
+                log.debug("stop-command ASR failed to load:\n%s", traceback.format_exc())
             self._set_status("Warming up…")
             engine = Engine(model, self.opts.config or EngineConfig(), transcriber=transcriber,
                             recordings_dir=self.opts.recordings)
@@ -121,12 +172,14 @@ class OmniApp:
             if self.opts.events_path:
                 self._attach_event_log(engine)
             self.engine = engine
-            asr = getattr(transcriber, "name", "none") if transcriber else "none (only the 'any' and 'off' policies)"
             self._set_status(f"Model ready ({time.monotonic() - t0:.1f} s). Stop-command ASR: {asr}.")
         except Exception as e:
+            from omni.errors import OmniError
+
             self.error = f"The model could not be loaded: {e}"
             self._set_status(self.error)
-            log.error("model load failed:\n%s", traceback.format_exc())
+            # a known problem (missing/broken file, bad option) is said in one line; anything else is a bug
+            (log.debug if isinstance(e, OmniError) else log.error)("model load failed:\n%s", traceback.format_exc())
         finally:
             self.ready.set()
 
@@ -382,23 +435,30 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     def need_session(sid) -> Session:
         s = sess(sid)
         if s is None:
-            raise gr.Error(app.error or "The model is still loading — try again in a moment.")
+            raise Refused(app.error or "The model is still loading — try again in a moment.")
         return s
 
+    def refusing(fn):
+        """Bad input becomes a warning toast and the inputs stay as they were (gr.Error would also paint an
+        "Error" pill over every output box, hiding the text the user typed)."""
+        def handler(*args):
+            try:
+                return fn(*args)
+            except (Refused, ValueError) as e:
+                gr.Warning(str(e))
+                return gr.skip()
+        return handler
+
+    @refusing
     def send_text(sid, text, mode, image):
         s = need_session(sid)
-        try:
-            s.send_text(text, speak=(mode == "speech"), image=image)
-        except ValueError as e:
-            raise gr.Error(str(e))
+        s.send_text(text, speak=(mode == "speech"), image=checked_upload(image))
         return ""
 
+    @refusing
     def send_upload(sid, audio, image, mode):
         s = need_session(sid)
-        try:
-            s.send_upload(audio=audio, image=image, speak=(mode == "speech"))
-        except ValueError as e:
-            raise gr.Error(str(e))
+        s.send_upload(audio=audio, image=checked_upload(image), speak=(mode == "speech"))
         return None
 
     def on_frame(sid, frame):
@@ -416,11 +476,12 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         if s is not None:
             s.interrupt("stop button")
 
+    @refusing
     def export(sid):
         s = need_session(sid)
         if not s.history:
-            raise gr.Error("Nothing to export yet.")
-        return str(s.export_zip())
+            raise Refused("Nothing to export yet.")
+        return gr.update(value=str(s.export_zip()), visible=True)
 
     def clear(sid):
         s = sess(sid)
@@ -430,19 +491,21 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
 
     def settings(sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard, multi_turn, max_tokens,
                  prebuffer):
-        s = need_session(sid)
-        ph = parse_phrases(phrases)
-        if not ph:
-            raise gr.Error("Give at least one stop phrase (comma-separated).")
         try:
+            s = need_session(sid)
+            ph = parse_phrases(phrases)
+            if not ph:
+                raise Refused("Give at least one stop phrase (comma-separated).")
             s.update_config(policy=policy, phrases=ph, duck_on_speech=bool(duck), end_silence_s=float(end_silence),
                             onset_s=float(onset), pre_roll_s=float(pre_roll), threshold=float(threshold),
                             echo_guard_s=float(guard), multi_turn=bool(multi_turn), max_new_tokens=int(max_tokens),
                             prebuffer_s=float(prebuffer))
-        except ValueError as e:
-            raise gr.Error(str(e))
-        return (f"Settings applied: policy {policy}; stop phrases: {', '.join(ph)}; "
-                f"playback prebuffer {s.config.prebuffer_s:g} s.")
+        except (Refused, ValueError) as e:
+            gr.Warning(str(e))
+            return f"⚠️ Not applied: {e}"
+        c = s.config  # the values in force (a slider's number box can show more than its range allows)
+        return (f"Settings applied: policy {c.policy}; stop phrases: {', '.join(ph)}; end-of-turn silence "
+                f"{c.vad.end_silence_s:g} s; max new tokens {c.max_new_tokens}; playback prebuffer {c.prebuffer_s:g} s.")
 
     cfg = app.opts.config or EngineConfig()
     with gr.Blocks(title=title, css=CSS, head=HEAD_JS, theme=gr.themes.Soft()) as demo:
@@ -465,12 +528,11 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                                   "frame goes with each spoken turn)", elem_id="webcam")
                 with gr.Row():
                     text = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=4,
-                                      elem_id="text-in", max_length=2000)
+                                      elem_id="text-in", max_lines=8)
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 mode = gr.Radio(["speech", "text"], value="speech", label="Answer as", elem_id="mode")
                 with gr.Accordion("Upload audio / image", open=False):
-                    up_image = gr.Image(sources=["upload", "clipboard"], type="numpy", label="Image",
-                                        elem_id="upload-image", height=200)
+                    up_image = image_upload(label="Image", elem_id="upload-image", height=200)
                     up_audio = gr.Audio(sources=["upload"], type="filepath", label="Audio question",
                                         elem_id="upload-audio")
                     up_send = gr.Button("Ask with upload", elem_id="upload-send")
@@ -488,7 +550,8 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                     stop_btn = gr.Button("⏹ Stop answer", elem_id="stop")
                     clear_btn = gr.Button("Clear", elem_id="clear")
                     export_btn = gr.Button("⬇ Export conversation", elem_id="export")
-                export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False, height=90)
+                export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False, height=90,
+                              visible=False)  # shown once there is a zip to download
         latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn (prefill: encoders + prompt; first "
                                "audio: from the end of your speech; ms/step: one batch-of-2 decode step; peak RSS: "
                                "the app process; onset→silence: from your barge-in to quiet output)",

@@ -141,10 +141,11 @@ class FasterWhisperTranscriber:
     rest of the process (small ops 9 -> 65 us, int8 decode steps 43 -> 54 ms, measured); with 1 a check takes
     ~430 instead of ~330 ms for a 1 s clip."""
 
-    def __init__(self, model: str, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 1):
+    def __init__(self, model: str, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 1,
+                 name: str | None = None):
         from faster_whisper import WhisperModel
 
-        self.name = f"faster-whisper:{Path(model).name if Path(model).exists() else model}"
+        self.name = name or f"faster-whisper:{Path(model).name if Path(model).exists() else model}"
         self.cpu_threads = cpu_threads
         self.model = WhisperModel(model, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
         self.english_only = self.model.model.is_multilingual is False
@@ -199,7 +200,8 @@ def make_transcriber(spec: str = "auto", checkpoint_dir: str | None = None, devi
     if spec == "auto":
         tiny = bundled_tiny_en()
         if tiny:  # on the CPU beside the model: one thread (see FasterWhisperTranscriber); on a GPU box, two
-            return FasterWhisperTranscriber(tiny, cpu_threads=2 if device.startswith("cuda") else 1)
+            return FasterWhisperTranscriber(tiny, cpu_threads=2 if device.startswith("cuda") else 1,
+                                            name="Whisper tiny.en (bundled, faster-whisper)")
         spec = "whisper"
     if spec == "whisper":
         small = Path(checkpoint_dir or "checkpoints") / "small.pt"

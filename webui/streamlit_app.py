@@ -155,7 +155,7 @@ def main() -> None:
             turn = s.send_text(text, speak=(mode == "speech"), image=image)
         elif ask:
             audio = _read_audio(audio_file) if audio_file is not None else None
-            turn = s.send_upload(audio=audio, image=image, text="", speak=(mode == "speech"))
+            turn = s.send_upload(audio=audio, image=image, speak=(mode == "speech"))
     except ValueError as e:
         st.error(str(e))
     if turn is not None:
