@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "if they are missing")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="weights dtype (default float32; bfloat16 is slower on most CPUs)")
-    p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed-up)")
+                   help="weights dtype (default float32, the parity mode; on a GPU bfloat16 is the speed mode: "
+                        "Qwen2 weights can overflow in float16; bfloat16 is slower on most CPUs)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed-up; "
+                   "with --device auto it runs on the CPU)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
@@ -112,15 +115,37 @@ def ensure_checkpoint(args) -> str | None:
     return f"The download finished but {', '.join(missing)} are still missing in {d}/." if missing else None
 
 
+# options of the live-voice Gradio page that the Streamlit page (typed and uploaded questions) has no use for
+VOICE_ONLY = {"policy": "command", "phrases": None, "asr": "auto", "end_silence": 0.6, "prebuffer": 0.3,
+              "no_early_encode": False, "max_voice": 4, "share": False}
+
+
+def run_streamlit(args) -> int:
+    ignored = [f"--{k.replace('_', '-')}" for k, default in VOICE_ONLY.items() if getattr(args, k) != default]
+    if ignored:
+        print(f"Note: {', '.join(ignored)} only apply to the Gradio page (live voice); the Streamlit page ignores "
+              f"them.", file=sys.stderr)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).parent / "webui" / "streamlit_app.py"),
+           "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--", "--checkpoint", args.checkpoint, "--device", args.device,
+           "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens)]
+    cmd += ["--quantize", args.quantize] if args.quantize else []
+    cmd += ["--multi-turn"] if args.multi_turn else []
+    cmd += ["--recordings", args.recordings] if args.recordings else []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)  # streamlit takes this process over: stopping app.py stops the server
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from omni.errors import OmniInputError
-    from omni.inference import resolve_device
+    from omni.inference import check_options
 
     try:  # before the page comes up: a dead page is worse than a one-line error
-        resolve_device(args.device)
+        check_options(args.device, args.dtype, args.quantize)
     except OmniInputError as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
@@ -129,13 +154,7 @@ def main(argv=None) -> int:
         print(err, file=sys.stderr)
         return 2
     if args.ui == "streamlit":
-        import subprocess
-
-        cmd = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).parent / "webui" / "streamlit_app.py"),
-               "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--", "--checkpoint", args.checkpoint, "--device", args.device,
-               "--dtype", args.dtype] + (["--quantize", args.quantize] if args.quantize else [])
-        return subprocess.call(cmd)
+        return run_streamlit(args)
 
     from webui.engine import EngineConfig
     from webui.gradio_app import LoadOptions, OmniApp, launch

@@ -156,7 +156,7 @@ def run_bench(a) -> dict:
         "peak_rss_mb": round(peak_rss_mb(), 0),
     }
     if model.device.type == "cuda":
-        out["gpu_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 0)
+        out["gpu_peak_mem_mb"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 0)
     if a.agreement:
         if a.dtype == "float32" and not a.quantize:
             out["token_agreement"] = {"note": "fp32 is the reference itself"}

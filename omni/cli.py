@@ -21,8 +21,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snac", default=None, help="SNAC 24 kHz directory (default: <checkpoint>/snac_24khz)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="float32 reproduces the official tokens; float16/bfloat16 are GPU speed modes")
-    p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed mode)")
+                   help="float32 reproduces the official tokens; bfloat16 is the GPU speed mode (float16 too, but "
+                        "Qwen2 weights can overflow in it)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed mode; "
+                   "with --device auto it runs on the CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +177,12 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"generate": cmd_generate, "tiny": cmd_tiny, "download": cmd_download, "bench": cmd_bench}[args.command]
@@ -187,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             return command(args)
     except OmniError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"error: out of memory ({type(e).__name__}): try a smaller --max-new-tokens, --dtype bfloat16 on a GPU, "
+              f"--quantize int8 or --device cpu", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

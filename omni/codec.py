@@ -89,7 +89,7 @@ def _snake_in_place(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def to_int16(wave: torch.Tensor, official: bool = False) -> np.ndarray:
-    x = wave.detach().reshape(-1).double().cpu().numpy()
+    x = wave.detach().reshape(-1).cpu().double().numpy()  # on the CPU first: MPS has no float64
     if official:  # float64 * 32768 -> int16 by truncation, as the official server does
         return (x * 32768).astype(np.int16)
     return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from .config import Vocab
-from .errors import OmniInputError
+from .errors import OmniError, OmniInputError
 from .model import OmniLM
 from .tokens import N_AUDIO_LAYERS
 
@@ -71,6 +71,11 @@ class Sampler:
             drop = cum - sorted_logits.softmax(-1) > o.top_p  # keep the smallest prefix reaching top_p
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         probs = logits.softmax(-1)
+        # NaN/inf logits (float16 overflow) would make multinomial fail, on a GPU as a device-side assert that
+        # breaks every later request of the process: stop this one with a message instead
+        if not bool(torch.isfinite(probs).all()):
+            raise OmniError("the model produced NaN/inf scores (float16 overflows with these weights?); use "
+                            "--dtype bfloat16 or float32")
         flat = probs.reshape(-1, probs.shape[-1])
         return torch.multinomial(flat, 1, generator=self.gen).view(probs.shape[:-1])
 

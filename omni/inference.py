@@ -30,6 +30,22 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+def check_options(device: str | None = "auto", dtype: str = "float32", quantize: str | None = None) -> torch.device:
+    """Check a device/dtype/quantize combination before anything loads; returns the device to use."""
+    if dtype not in DTYPES:
+        raise OmniInputError(f"dtype must be one of float32, float16, bfloat16 (got {dtype!r})")
+    if quantize not in (None, "none", "int8"):
+        raise OmniInputError(f"quantize must be 'int8' or none (got {quantize!r})")
+    int8 = quantize == "int8"
+    # int8 is a CPU mode: "auto" means the CPU then, even on a machine with a GPU
+    dev = resolve_device("cpu" if int8 and device in (None, "auto") else device)
+    if int8 and dev.type != "cpu":
+        raise OmniInputError("int8 dynamic quantisation runs on the CPU only; drop --quantize or use --device cpu")
+    if int8 and DTYPES[dtype] != torch.float32:
+        raise OmniInputError(f"int8 quantisation computes in float32; drop --dtype {dtype} (or --quantize)")
+    return dev
+
+
 def resolve_device(device: str | None = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,16 +125,10 @@ class Omni:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.snac_dir = Path(snac_dir) if snac_dir else default_snac_dir(self.checkpoint_dir)
         check_files(self.checkpoint_dir, self.snac_dir)
-        self.device = resolve_device(device)
-        if dtype not in DTYPES:
-            raise OmniInputError(f"dtype must be one of float32, float16, bfloat16 (got {dtype!r})")
+        self.device = check_options(device, dtype, quantize)
         self.dtype = DTYPES[dtype]
-        if quantize not in (None, "none", "int8"):
-            raise OmniInputError(f"quantize must be 'int8' or none (got {quantize!r})")
         self.quantize = None if quantize in (None, "none") else quantize
         self._last_audio: tuple[bytes, torch.Tensor] | None = None  # (digest of the samples, their features)
-        if self.quantize and self.device.type != "cpu":
-            raise OmniInputError("int8 dynamic quantisation runs on the CPU only; drop --quantize or use --device cpu")
         t0 = time.perf_counter()
         # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading
         # go straight back to the OS (glibc would otherwise keep them: peak RSS 4.2 -> 3.4 GB at full size).
@@ -276,6 +286,8 @@ class Omni:
             raise OmniInputError(f"stream mode must be 'smooth' or 'official' (got {mode!r})")
         if stride is not None and stride < 1:
             raise OmniInputError(f"stride must be >= 1 (got {stride})")
+        if self.device.type == "cuda":  # the request's own peak (weights included), not the process's so far
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         prompt, x = self.prepare(task, audio, image, text, opts)
         n_entries = self.budget(prompt.length, opts)

@@ -101,6 +101,8 @@ class Attention(nn.Module):
             # one new position attends to every cached one: fold the query heads of a group into the
             # "sequence" axis so each group is one matmul against its own K/V, no expansion, no mask
             y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, c.q_per_kv, c.head_size), keys, values)
+        elif start == 0:  # a prompt from the start: plain causal (fused kernels on GPUs; the same values on CPU)
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
         else:
             mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)

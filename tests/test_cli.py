@@ -206,3 +206,32 @@ def test_playback_gaps_model_the_app_player():
 def test_bench_refuses_bad_settings_with_a_message(tiny_ckpt, capsys, args):
     rc, _, err = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, *args)
     assert rc == 2 and f"{args[0]} must be >=" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, said", [(["--quantize", "int8", "--dtype", "float16"], "computes in float32"),
+                                        (["--quantize", "int8", "--device", "cuda"], "")])
+def test_impossible_option_combinations_fail_before_loading(tiny_ckpt, capsys, args, said):
+    rc, _, err = run_cli(capsys, "generate", "--checkpoint", tiny_ckpt, "--task", "T1T2", "--text", "hi", *args)
+    assert rc == 2 and err.startswith("error:") and said in err and "Traceback" not in err
+
+
+def test_int8_with_device_auto_runs_on_the_cpu_of_a_gpu_machine(monkeypatch):
+    import torch
+
+    from omni.inference import check_options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_options("auto", "float32", None).type == "cuda"
+    assert check_options("auto", "float32", "int8").type == "cpu"  # not refused as "int8 is CPU only"
+
+
+def test_out_of_memory_is_one_line(tiny_ckpt, capsys, monkeypatch):
+    import torch
+
+    import omni.inference
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(omni.inference, "load_model", oom)
+    rc, _, err = run_cli(capsys, "generate", "--checkpoint", tiny_ckpt, "--task", "T1T2", "--text", "hi")
+    assert rc == 2 and err.startswith("error: out of memory") and "--max-new-tokens" in err

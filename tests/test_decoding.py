@@ -174,3 +174,17 @@ def test_bad_options_are_rejected(bad):
 
     with pytest.raises(OmniInputError):
         DecodingOptions(**bad).validate()
+
+
+def test_sampling_stops_with_a_message_on_nan_scores():
+    """float16 can overflow: multinomial on NaN would fail (on a GPU as a device-side assert that breaks every
+    later request), so a sampled step with NaN/inf scores ends the request with a clear error instead."""
+    from omni.decoding import Sampler
+    from omni.errors import OmniError
+
+    logits = torch.randn(1, 50)
+    sample = Sampler(DecodingOptions(temperature=0.8, top_k=10, seed=1), "cpu")
+    assert 0 <= int(sample(logits)[0]) < 50
+    logits[0, 3] = float("nan")
+    with pytest.raises(OmniError, match="bfloat16"):
+        sample(logits)

@@ -58,3 +58,36 @@ def test_streamlit_run_serves_the_page():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_app_py_starts_the_streamlit_page_in_its_own_process():
+    """`python app.py --ui streamlit`: voice-only options are named as ignored, the page is served, and stopping
+    app.py stops the server (it used to leave streamlit running and holding the port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--ui", "streamlit", "--checkpoint", "tiny",
+                             "--port", str(port), "--policy", "any", "--max-new-tokens", "32"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                assert urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok"
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < end, "streamlit did not start"
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        try:  # the output pipes close only when every process holding them has ended
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["pkill", "-f", f"server.port {port}"])
+            raise AssertionError("stopping app.py left the streamlit server running") from None
+    assert "--policy only apply to the Gradio page" in err.decode()
+    with socket.socket() as s:  # the port is free again: no server left behind (REUSEADDR: TIME_WAIT is fine)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()

@@ -142,12 +142,13 @@ class FasterWhisperTranscriber:
     ~430 instead of ~330 ms for a 1 s clip."""
 
     def __init__(self, model: str, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 1,
-                 name: str | None = None):
+                 name: str | None = None, device_index: int = 0):
         from faster_whisper import WhisperModel
 
         self.name = name or f"faster-whisper:{Path(model).name if Path(model).exists() else model}"
         self.cpu_threads = cpu_threads
-        self.model = WhisperModel(model, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        self.model = WhisperModel(model, device=device, device_index=device_index, compute_type=compute_type,
+                                  cpu_threads=cpu_threads)
         self.english_only = self.model.model.is_multilingual is False
 
     def transcribe(self, audio: np.ndarray) -> str:
@@ -207,7 +208,8 @@ def make_transcriber(spec: str = "auto", checkpoint_dir: str | None = None, devi
         small = Path(checkpoint_dir or "checkpoints") / "small.pt"
         if not small.exists():
             raise FileNotFoundError(f"no Whisper model for the stop-command check: {small} is missing")
-        return OpenAIWhisperTranscriber(str(small), device="cuda" if device.startswith("cuda") else "cpu")
-    if device.startswith("cuda"):
-        return FasterWhisperTranscriber(spec, device="cuda")
+        return OpenAIWhisperTranscriber(str(small), device=device if device.startswith("cuda") else "cpu")
+    if device.startswith("cuda"):  # on the model's GPU (cuda:N included), not on GPU 0
+        index = int(device.partition(":")[2] or 0)
+        return FasterWhisperTranscriber(spec, device="cuda", device_index=index)
     return FasterWhisperTranscriber(spec)

@@ -33,12 +33,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--quantize", default=None)
     p.add_argument("--max-new-tokens", type=int, default=int(os.environ.get("OMNI_MAX_NEW_TOKENS", "512")))
+    p.add_argument("--multi-turn", action="store_true")
+    p.add_argument("--recordings", default=None)
     args, _ = p.parse_known_args()
     return args
 
 
 @st.cache_resource(show_spinner="Loading the model (once for all sessions)…")
-def get_engine(checkpoint: str, device: str, dtype: str, quantize: str | None, max_new_tokens: int) -> Engine:
+def get_engine(checkpoint: str, device: str, dtype: str, quantize: str | None, max_new_tokens: int,
+               multi_turn: bool = False, recordings: str | None = None) -> Engine:
     import omni
 
     if checkpoint == "tiny":
@@ -47,7 +50,8 @@ def get_engine(checkpoint: str, device: str, dtype: str, quantize: str | None, m
         checkpoint = str(tiny_checkpoint_dir())
     model = omni.load_model(checkpoint, device=device, dtype=dtype, quantize=quantize)
     # no live microphone here, so no stop-command ASR is needed
-    return Engine(model, EngineConfig(max_new_tokens=max_new_tokens), transcriber=None)
+    return Engine(model, EngineConfig(max_new_tokens=max_new_tokens, multi_turn=multi_turn).validate(),
+                  transcriber=None, recordings_dir=recordings)
 
 
 def session(engine: Engine) -> Session:
@@ -121,20 +125,23 @@ def main() -> None:
     args = parse_args()
     st.set_page_config(page_title="Mini-Omni2", page_icon="🎙️")
     st.title("Mini-Omni2")
-    if args.checkpoint == "tiny":
-        st.warning(TINY_BANNER)
     try:
-        engine = get_engine(args.checkpoint, args.device, args.dtype, args.quantize, args.max_new_tokens)
+        engine = get_engine(args.checkpoint, args.device, args.dtype, args.quantize, args.max_new_tokens,
+                            args.multi_turn, args.recordings)
     except Exception as e:
         st.error(f"The model could not be loaded: {e}")
         st.stop()
+    cfg = getattr(engine.model, "cfg", None)
+    if args.checkpoint == "tiny" or (cfg is not None and cfg.n_embd < 512):  # the official model is 896 wide
+        st.warning(TINY_BANNER)
     s = session(engine)
 
     with st.sidebar:
         mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
         st.subheader("Upload")
-        image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"])
-        audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"])
+        image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"], max_upload_size=MAX_UPLOAD_MB)
+        audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"],
+                                      max_upload_size=MAX_UPLOAD_MB)
         ask = st.button("Ask with upload", disabled=audio_file is None and image_file is None)
         st.divider()
         if s.history:
