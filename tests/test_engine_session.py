@@ -133,6 +133,7 @@ def test_stop_button_cancels_a_queued_or_running_answer(engine):
     assert t.status == "interrupted" and not s.assistant_active
     time.sleep(0.5)
     assert engine.model.calls[0].cancel.is_set() and engine.model.cancelled == 1
+    assert t.played_s == 0 and "assistant_audio" not in t.files  # nothing was heard: no empty recording
 
 
 def test_bad_inputs_give_clear_messages(engine, tmp_path):

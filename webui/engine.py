@@ -1103,9 +1103,9 @@ class Session:
         import soundfile as sf
 
         audio = turn.audio()
-        if len(audio):
-            if turn.status == "interrupted":
-                audio = audio[: int(turn.played_s * OUT_RATE)]  # keep what was actually heard
+        if turn.status == "interrupted":
+            audio = audio[: int(turn.played_s * OUT_RATE)]  # keep what was actually heard
+        if len(audio):  # nothing heard: no file (an empty one shows as a 0:00 player)
             p = self.dir / f"turn_{turn.index:03d}_assistant.wav"
             sf.write(p, audio, OUT_RATE, subtype="PCM_16")
             turn.files["assistant_audio"] = str(p)

@@ -562,7 +562,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                                   info="command: only stop phrases interrupt · any: any speech interrupts and becomes "
                                        "the next turn · off: half-duplex (use with speakers, no headset)")
                 phrases = gr.Textbox(", ".join(cfg.phrases), label="Stop phrases (comma-separated)",
-                                     elem_id="phrases")
+                                     elem_id="phrases", lines=2)
                 duck = gr.Checkbox(cfg.duck_on_speech, label="Pause playback while I speak (resume if not a command)")
             with gr.Row():
                 end_silence = gr.Slider(0.2, 2.0, cfg.vad.end_silence_s, step=0.05, label="End-of-turn silence (s)")
