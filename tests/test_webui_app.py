@@ -38,3 +38,12 @@ def test_an_unusable_device_is_refused_before_the_page_comes_up():
     for device, said in (("gpu", "unknown device"), ("cuda:7", "cuda")):
         r = run("--checkpoint", "tiny", "--device", device)
         assert r.returncode == 2 and "Bad option" in r.stderr and said in r.stderr and "Traceback" not in r.stderr
+
+
+def test_building_the_page_writes_nothing_into_the_source_tree():
+    """Gradio writes a .pyi next to the module of any component subclass: the page must not define one."""
+    from webui.gradio_app import LoadOptions, OmniApp, build_ui
+
+    before = sorted(p.name for p in (ROOT / "webui").iterdir())
+    build_ui(OmniApp(LoadOptions(checkpoint="tiny", tiny=True)))
+    assert sorted(p.name for p in (ROOT / "webui").iterdir()) == before

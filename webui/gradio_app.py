@@ -85,22 +85,25 @@ def checked_upload(image):
 def image_upload(**kwargs):
     """gr.Image for uploads and pastes whose handlers get the file's path undecoded, so the engine's own reading
     gives the message ("not an image", "too large") where gr.Image would decode first and fail with a traceback
-    (or spend ~10 s decoding a 150-megapixel picture before the size check). Same browser component."""
+    (or spend ~10 s decoding a 150-megapixel picture before the size check). Same browser component.
+
+    The instance's `preprocess` is replaced rather than subclassing: Gradio's component metaclass writes a .pyi
+    file next to the module of every component subclass."""
     import gradio as gr
 
-    class ImageUpload(gr.Image):
-        def get_block_name(self) -> str:
-            return "image"
+    box = gr.Image(sources=["upload", "clipboard"], type="filepath", **kwargs)
+    decode = box.preprocess
 
-        def preprocess(self, payload):
-            if payload is None or payload.path:
-                return None if payload is None else payload.path  # a file Gradio checked into its upload cache
-            try:  # an inline (data: URL) image
-                return super().preprocess(payload)
-            except Exception:
-                return UnreadableImage()
+    def preprocess(payload):
+        if payload is None or payload.path:
+            return None if payload is None else payload.path  # a file Gradio checked into its upload cache
+        try:  # an inline (data: URL) image
+            return decode(payload)
+        except Exception:
+            return UnreadableImage()
 
-    return ImageUpload(sources=["upload", "clipboard"], type="filepath", **kwargs)
+    box.preprocess = preprocess
+    return box
 
 
 @dataclass
