@@ -173,7 +173,8 @@ def main(argv=None) -> int:
                               dtype=args.dtype, quantize=args.quantize, asr=args.asr, recordings=args.recordings,
                               events_path=args.events, max_voice=args.max_voice, config=config))
     app.load_in_background()  # the page comes up at once and shows loading progress
-    print(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)", flush=True)
+    sys.stdout.write(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)\n")
+    sys.stdout.flush()  # one write: the loading thread prints too
     launch(app, host=args.host, port=args.port, share=args.share,
            banner=TINY_BANNER if is_tiny(args.checkpoint) else None)
     return 0

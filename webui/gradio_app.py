@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -188,7 +189,8 @@ class OmniApp:
 
     def _set_status(self, s: str) -> None:
         self.status = s
-        print(f"[mini-omni2] {s}", flush=True)
+        sys.stdout.write(f"[mini-omni2] {s}\n")  # one write: print() from two threads can join lines
+        sys.stdout.flush()
 
     def _attach_event_log(self, engine: Engine) -> None:
         """Write session events as JSON lines (used by the browser test and for debugging)."""
