@@ -77,16 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def is_tiny(checkpoint: str) -> bool:
-    """A test-sized checkpoint (random weights): the official model is 896 wide."""
-    if checkpoint == "tiny":
-        return True
-    try:
-        import yaml
+    from omni.tiny import is_test_checkpoint
 
-        cfg = yaml.safe_load((Path(checkpoint) / "model_config.yaml").read_text())
-        return int(cfg.get("n_embd", 896)) < 512
-    except Exception:
-        return False
+    return checkpoint == "tiny" or is_test_checkpoint(checkpoint)
 
 
 def ensure_checkpoint(args) -> str | None:
@@ -116,12 +109,12 @@ def ensure_checkpoint(args) -> str | None:
 
 
 # options of the live-voice Gradio page that the Streamlit page (typed and uploaded questions) has no use for
-VOICE_ONLY = {"policy": "command", "phrases": None, "asr": "auto", "end_silence": 0.6, "prebuffer": 0.3,
-              "no_early_encode": False, "max_voice": 4, "share": False}
+VOICE_ONLY = ("policy", "phrases", "asr", "end_silence", "prebuffer", "no_early_encode", "max_voice", "share")
 
 
 def run_streamlit(args) -> int:
-    ignored = [f"--{k.replace('_', '-')}" for k, default in VOICE_ONLY.items() if getattr(args, k) != default]
+    defaults = parse_args([])
+    ignored = [f"--{k.replace('_', '-')}" for k in VOICE_ONLY if getattr(args, k) != getattr(defaults, k)]
     if ignored:
         print(f"Note: {', '.join(ignored)} only apply to the Gradio page (live voice); the Streamlit page ignores "
               f"them.", file=sys.stderr)

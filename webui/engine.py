@@ -18,9 +18,9 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 import traceback
 import uuid
+import warnings
 import zipfile
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace

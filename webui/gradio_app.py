@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Engine, EngineConfig, Session
+from .engine import NOT_AN_IMAGE, Engine, EngineConfig, Session
 from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
 
 log = logging.getLogger("webui")
@@ -79,7 +79,7 @@ class Refused(Exception):
 
 def checked_upload(image):
     if isinstance(image, UnreadableImage):
-        raise Refused("That file is not an image I can read (try PNG or JPEG).")
+        raise Refused(NOT_AN_IMAGE)
     return image
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
+from omni.tiny import is_test_checkpoint  # noqa: E402
 from webui.engine import Engine, EngineConfig, Session, load_audio, load_image  # noqa: E402
 
 TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."
@@ -131,8 +132,7 @@ def main() -> None:
     except Exception as e:
         st.error(f"The model could not be loaded: {e}")
         st.stop()
-    cfg = getattr(engine.model, "cfg", None)
-    if args.checkpoint == "tiny" or (cfg is not None and cfg.n_embd < 512):  # the official model is 896 wide
+    if is_test_checkpoint(engine.model.checkpoint_dir):  # "tiny" too: it was built into a folder
         st.warning(TINY_BANNER)
     s = session(engine)
 
