@@ -114,7 +114,7 @@ class InstantStop:
 
     name = "instant"
 
-    def transcribe(self, audio):
+    def transcribe(self, audio, prompt=None):
         return "stop omni" if len(audio) > 8000 else ""
 
 

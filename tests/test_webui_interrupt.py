@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from webui_fixtures import SR, music, noise, speech
 
-from webui.interrupt import CommandChecker, PhraseMatcher, bundled_tiny_en, make_transcriber, parse_phrases
+from webui.interrupt import (DEFAULT_PHRASES, CommandChecker, PhraseMatcher, bundled_tiny_en, command_prompt,
+                             make_transcriber, parse_phrases)
 
 
 @pytest.mark.parametrize("text", ["Stop, Omni!", "stop omny", "Stop on me.", "Stopomni", "STOP.", "Stop it.",
@@ -31,8 +32,10 @@ class EchoTranscriber:
 
     def __init__(self, text):
         self.text = text
+        self.prompts = []
 
-    def transcribe(self, audio):
+    def transcribe(self, audio, prompt=None):
+        self.prompts.append(prompt)
         return self.text
 
 
@@ -41,6 +44,18 @@ def test_phrase_the_assistant_just_said_is_echo():
     assert checker.check(np.zeros(SR, np.float32)).is_command
     echo = checker.check(np.zeros(SR, np.float32), assistant_text="When the light turns red you must stop.")
     assert not echo.is_command and echo.reason == "echo"
+
+
+def test_the_command_check_tells_the_recogniser_the_phrases_that_name_the_assistant():
+    assert command_prompt(DEFAULT_PHRASES) == "Stop, Omni."
+    assert command_prompt(("hey omni stop", "quiet")) == "Hey, Omni stop."
+    assert command_prompt(("banana split", "quiet")) is None  # nothing to spell: no bias at all
+    asr = EchoTranscriber("stop omni")
+    checker = CommandChecker(asr)
+    assert checker.check(np.zeros(SR, np.float32)).is_command
+    checker.check(np.zeros(SR, np.float32), matcher=PhraseMatcher(("banana split",)))
+    checker.transcribe(np.zeros(SR, np.float32))  # the user's own turn: transcribed without a bias
+    assert asr.prompts == ["Stop, Omni.", None, None]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +68,13 @@ def test_real_asr_hears_stop_omni(real_checker):
     res = real_checker.check(speech("stop omni"))
     assert res.is_command, res.transcript
     assert res.seconds < 3.0
+
+
+def test_real_asr_hears_a_fast_stop_omni(real_checker):
+    """espeak's "stop omni" at 175 words/min: tiny.en alone hears "It's time for a meet." (the browser test's
+    rare failure was the same: "start by immediately"); told the phrase, it hears "Stop, Omni."."""
+    res = real_checker.check(speech("stop omni", wpm=175))
+    assert res.is_command and "omni" in res.transcript.lower(), res.transcript
 
 
 @pytest.mark.parametrize("audio", [speech("what a lovely view of the mountains"), noise(1.5, 0.1), music(2.0, 0.3)],

@@ -24,8 +24,8 @@ ASSISTANT_NAMES = ("omni",)  # a phrase that addresses the assistant by name may
 class Transcriber(Protocol):
     name: str
 
-    def transcribe(self, audio: np.ndarray) -> str:
-        """float32 mono 16 kHz in, English text out."""
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
+        """float32 mono 16 kHz in, English text out; `prompt`: text said just before (biases the spelling)."""
         ...
 
 
@@ -42,6 +42,25 @@ def parse_phrases(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         if words and len(words) <= 6:
             out.append(" ".join(words))
     return tuple(dict.fromkeys(out))
+
+
+def command_prompt(phrases) -> str | None:
+    """The stop phrases that name the assistant, written out ("Stop, Omni."), as the recogniser's prompt.
+
+    Without it tiny.en hears espeak's "stop omni" as "Stop by me." or "It's time for a meet."; with it, "Stop,
+    Omni." (4 speeds x 5 voices, and no more false alarms on 108 other clips, noise and tones included).
+    Phrases without the name need no help with spelling and are left out, so they bias nothing."""
+    said = []
+    for phrase in phrases:
+        words = phrase.split()
+        if not any(w in ASSISTANT_NAMES for w in words):
+            continue
+        out = ""
+        for i, w in enumerate(words):
+            named = w in ASSISTANT_NAMES
+            out += ("," if named and i else "") + (" " if i else "") + (w.capitalize() if named or i == 0 else w)
+        said.append(out + ".")
+    return " ".join(said) or None
 
 
 def _similar(a: str, b: str) -> float:
@@ -106,9 +125,10 @@ class CommandChecker:
 
     def check(self, audio16k: np.ndarray, assistant_text: str = "", matcher: PhraseMatcher | None = None) -> CommandCheck:
         t0 = time.perf_counter()
-        with self._lock:
-            text = self.transcriber.transcribe(audio16k).strip()
         matcher = matcher or self.matcher
+        prompt = command_prompt(matcher.phrases)
+        with self._lock:
+            text = self.transcriber.transcribe(audio16k, prompt=prompt).strip()
         m = matcher.find(text)
         if m is None:
             reason = "empty" if not normalize(text) else "no-match"
@@ -151,10 +171,11 @@ class FasterWhisperTranscriber:
                                   cpu_threads=cpu_threads)
         self.english_only = self.model.model.is_multilingual is False
 
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
         if len(audio) < 1600:  # < 0.1 s: nothing to hear
             return ""
-        kw = dict(beam_size=1, without_timestamps=True, condition_on_previous_text=False, temperature=0.0)
+        kw = dict(beam_size=1, without_timestamps=True, condition_on_previous_text=False, temperature=0.0,
+                  initial_prompt=prompt)
         if not self.english_only:
             kw["language"] = "en"
         segments, _ = self.model.transcribe(np.asarray(audio, np.float32), **kw)
@@ -171,11 +192,12 @@ class OpenAIWhisperTranscriber:
         self.device = device
         self.model = whisper.load_model(path, device=device)
 
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
         if len(audio) < 1600:
             return ""
         out = self.model.transcribe(
-            np.asarray(audio, np.float32), language="en", fp16=False, temperature=0.0, condition_on_previous_text=False
+            np.asarray(audio, np.float32), language="en", fp16=False, temperature=0.0, condition_on_previous_text=False,
+            initial_prompt=prompt,
         )
         return str(out.get("text", ""))
 
