@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
     p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit"],
-                   help="gradio (default) or streamlit (the thin adapter: text + uploads)")
+                   help="gradio (default; live voice and barge-in) or streamlit (typed, recorded and uploaded questions)")
     p.add_argument("--policy", default="command", choices=["command", "any", "off"],
                    help="barge-in: command = only stop phrases interrupt (default); any = any speech interrupts; "
                         "off = half-duplex (for speakers without echo cancellation)")
@@ -108,7 +108,7 @@ def ensure_checkpoint(args) -> str | None:
     return f"The download finished but {', '.join(missing)} are still missing in {d}/." if missing else None
 
 
-# options of the live-voice Gradio page that the Streamlit page (typed and uploaded questions) has no use for
+# options of the live-voice Gradio page that the Streamlit page (whole recorded or typed questions) has no use for
 VOICE_ONLY = ("policy", "phrases", "asr", "end_silence", "prebuffer", "no_early_encode", "max_voice", "share")
 
 
@@ -120,7 +120,7 @@ def run_streamlit(args) -> int:
               f"them.", file=sys.stderr)
     cmd = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).parent / "webui" / "streamlit_app.py"),
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--", "--checkpoint", args.checkpoint, "--device", args.device,
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--checkpoint", args.checkpoint, "--device", args.device,
            "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens)]
     cmd += ["--quantize", args.quantize] if args.quantize else []
     cmd += ["--multi-turn"] if args.multi_turn else []

@@ -136,6 +136,22 @@ def test_stop_button_cancels_a_queued_or_running_answer(engine):
     assert t.played_s == 0 and "assistant_audio" not in t.files  # nothing was heard: no empty recording
 
 
+def test_stopping_an_answer_without_a_live_player_keeps_what_was_generated(engine):
+    """The Streamlit page (no live audio output): the text was read as it came, so a stop keeps it and the
+    speech generated so far (for replay), instead of cutting both to the nothing that was "played"."""
+    engine.model.speed = 0.5
+    s = engine.new_session()
+    t = s.send_text("tell me a long story")
+    end = time.monotonic() + 10
+    while not (t.assistant_text and t.assistant_audio) and time.monotonic() < end:
+        time.sleep(0.02)
+    shown = t.assistant_text
+    assert shown and s.current is t and s.interrupt()
+    assert t.status == "interrupted" and not t.live and s.current is None
+    assert t.assistant_text.startswith(shown) and not t.assistant_text.endswith("…")
+    assert "assistant_audio" in t.files and t.played_s == 0
+
+
 def test_bad_inputs_give_clear_messages(engine, tmp_path):
     s = engine.new_session()
     with pytest.raises(ValueError, match="Type a message"):

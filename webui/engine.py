@@ -334,7 +334,7 @@ def _user_message(e: Exception) -> str:
 @dataclass
 class Turn:
     index: int
-    kind: str  # "voice", "text", "upload"
+    kind: str  # "voice" (live or recorded), "text", "upload"
     task: str
     user_text: str = ""
     user_audio: np.ndarray | None = None  # float32 16 kHz
@@ -349,6 +349,7 @@ class Turn:
     interrupted_by: str = ""
     played_s: float = 0.0
     full_text: str = ""  # what the model produced before any truncation
+    live: bool = True  # played through a live audio output as generated (False: shown as text, kept for replay)
     timings: dict = field(default_factory=dict)
     started_wall: float = field(default_factory=time.time)
     files: dict = field(default_factory=dict)  # name -> path inside the session folder
@@ -561,8 +562,11 @@ class Session:
             raise ValueError(PICTURE_NEEDS_VOICE + " To send the typed message, remove the picture.")
         return self._start_turn("text", TEXT_TASKS["speech" if speak else "text"], text=text)
 
-    def send_upload(self, audio=None, image=None, speak: bool = True) -> Turn:
-        """An uploaded audio file (and/or image): answered like a voice turn."""
+    def send_upload(self, audio=None, image=None, speak: bool = True, kind: str = "upload",
+                    image_source: str = "upload") -> Turn:
+        """An uploaded or recorded question (audio, optionally with an image): answered like a voice turn.
+        `kind`/`image_source` say where they came from for the history ("voice"/"webcam" for a recording
+        and a webcam photo taken on the page)."""
         if audio is None:
             if image is not None:
                 raise ValueError(PICTURE_NEEDS_VOICE)
@@ -572,7 +576,7 @@ class Session:
         task = "IMAGE_A1A2" if img is not None else "A1A2"
         if not speak:
             task = "A1T2" if img is None else "IMAGE_A1A2"
-        return self._start_turn("upload", task, audio=a, image=img, image_source="upload" if img is not None else "")
+        return self._start_turn(kind, task, audio=a, image=img, image_source=image_source if img is not None else "")
 
     # ------------------------------------------------------------ playback (pulled by the transport)
 
@@ -697,6 +701,12 @@ class Session:
                     return False
                 self._cond.wait(min(left, 0.05))
         return True
+
+    @property
+    def current(self) -> Turn | None:
+        """The turn being answered (queued, generating or playing), if any."""
+        with self._lock:
+            return self._current if self._assistant_active() else None
 
     def queue_position(self) -> int | None:
         job = self._job
@@ -901,6 +911,9 @@ class Session:
         silence_at = self._silence_at if was_ducked and self._silence_at else self._silence_after_flush(now)
         lead = max(0.0, self._play_t0 + self._sent / OUT_RATE - now) if self._speaking_since is not None else 0.0
         played = max(0.0, self._sent / OUT_RATE - (0.0 if was_ducked else lead))
+        # without a live player (the Streamlit page, Gradio before its voice stream starts) the text was read as
+        # it came and no speech was heard yet: keep what was generated up to now, text and speech
+        turn.live = self._transports > 0
         self._playback.clear()
         self._ducked = False
         self.interrupts += 1
@@ -908,7 +921,8 @@ class Session:
         turn.interrupted_by = reason
         turn.played_s = played
         turn.full_text = turn.assistant_text
-        turn.assistant_text = truncate_text(turn, played)
+        if turn.live:
+            turn.assistant_text = truncate_text(turn, played)
         t = turn.timings
         t["interrupt_reason"] = reason
         t["onset_to_silence_s"] = round(silence_at - onset_wall, 3)
@@ -1103,7 +1117,7 @@ class Session:
         import soundfile as sf
 
         audio = turn.audio()
-        if turn.status == "interrupted":
+        if turn.status == "interrupted" and turn.live:
             audio = audio[: int(turn.played_s * OUT_RATE)]  # keep what was actually heard
         if len(audio):  # nothing heard: no file (an empty one shows as a 0:00 player)
             p = self.dir / f"turn_{turn.index:03d}_assistant.wav"

@@ -1,9 +1,10 @@
-"""A thin Streamlit UI over the same conversation engine: text, uploaded audio and image, streamed answer.
+"""A thin Streamlit UI over the same conversation engine: typed, recorded (microphone) and uploaded questions,
+a webcam photo or uploaded picture with a spoken question, the answer streamed as text, then its speech.
 
     streamlit run webui/streamlit_app.py -- --checkpoint tiny
     python app.py --ui streamlit --checkpoint tiny
 
-Live microphone and barge-in are in the Gradio app (WebRTC); here each request is a whole message.
+Live streaming voice and barge-in are in the Gradio app (WebRTC); here each question is a whole recording.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def show_turn(t) -> None:
     with st.chat_message("user"):
         if t.user_text:
             st.write(t.user_text)
+        elif t.kind == "voice":
+            st.write("🎤 spoken question")
         if "user_audio" in t.files:
             st.audio(t.files["user_audio"])
         if "image" in t.files:
@@ -100,20 +103,26 @@ def turn_figures(t) -> str:
 
 
 def stream_answer(s: Session, turn) -> None:
-    """Write the answer as it is generated, then its speech."""
+    """Write the answer as it is generated (with a stop button while it runs), then its speech."""
     with st.chat_message("assistant"):
         box = st.empty()
+        stop = st.empty()
+        if s.current is turn:
+            # clicking reruns the page, which ends this loop; the callback runs first and stops the answer
+            stop.button("⏹ Stop answer", key=f"stop_{turn.index}", on_click=s.interrupt)
         end = time.monotonic() + 600
         while time.monotonic() < end:
-            done = not s.assistant_active
+            done = s.current is not turn
             pos = s.queue_position()
             if turn.status == "queued" and pos:
                 box.markdown(f"⏳ waiting for the model — position {pos} in the queue")
             else:
-                box.markdown((turn.assistant_text or ("" if not done else "(no text)")) + ("" if done else " ▌"))
+                note = " *(interrupted)*" if turn.status == "interrupted" else ""
+                box.markdown((turn.assistant_text or ("" if not done else "(no text)")) + ("" if done else " ▌") + note)
             if done:
                 break
             time.sleep(0.1)
+        stop.empty()
         if turn.error:
             st.error(turn.error)
         if "assistant_audio" in turn.files:
@@ -138,6 +147,11 @@ def main() -> None:
 
     with st.sidebar:
         mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
+        st.subheader("Ask by voice")
+        recording = st.audio_input("Record a question (sent when you stop)", key="recording")
+        photo = None
+        if st.toggle("Webcam", key="webcam", help="Take a photo: your next spoken question is about it"):
+            photo = st.camera_input("Photo for the next spoken question", key="photo")
         st.subheader("Upload")
         image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"], max_upload_size=MAX_UPLOAD_MB)
         audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"],
@@ -151,30 +165,47 @@ def main() -> None:
         if st.button("Clear"):
             s.clear()
 
+    active = s.current  # an answer still running from before this rerun is followed again below
     for t in s.history:
-        show_turn(t)
+        if t is not active:
+            show_turn(t)
 
     text = st.chat_input("Type a message")
     turn = None
     try:
-        image = _read_image(image_file) if image_file is not None else None
         if text:
-            turn = s.send_text(text, speak=(mode == "speech"), image=image)
+            turn = s.send_text(text, speak=(mode == "speech"), image=_picture(photo, image_file)[0])
+        elif recording is not None and recording.file_id != st.session_state.get("answered_recording"):
+            st.session_state["answered_recording"] = recording.file_id  # a recording is asked once
+            image, source = _picture(photo, image_file)
+            turn = s.send_upload(audio=_read_audio(recording), image=image, speak=(mode == "speech"), kind="voice",
+                                 image_source=source)
         elif ask:
+            image, source = _picture(None, image_file)
             audio = _read_audio(audio_file) if audio_file is not None else None
-            turn = s.send_upload(audio=audio, image=image, speak=(mode == "speech"))
+            turn = s.send_upload(audio=audio, image=image, speak=(mode == "speech"), image_source=source)
     except ValueError as e:
         st.error(str(e))
-    if turn is not None:
-        show_user(turn)
-        stream_answer(s, turn)
+    active = turn or active
+    if active is not None:
+        show_user(active)
+        stream_answer(s, active)
 
 
 def show_user(t) -> None:
     with st.chat_message("user"):
-        st.write(t.user_text or "📎 audio question")
+        st.write(t.user_text or ("🎤 spoken question" if t.kind == "voice" else "📎 audio question"))
         if "image" in t.files:
             st.image(t.files["image"], width=240)
+
+
+def _picture(photo, image_file) -> tuple[np.ndarray | None, str]:
+    """The picture for a question and where it came from: the webcam photo if one was taken, else the upload."""
+    if photo is not None:
+        return _read_image(photo), "webcam"
+    if image_file is not None:
+        return _read_image(image_file), "upload"
+    return None, ""
 
 
 def _read_image(f) -> np.ndarray:

@@ -1,0 +1,152 @@
+"""The Streamlit page end to end in headless Debian Chromium: `python app.py --ui streamlit`, a fake microphone
+(an espeak-ng question) and webcam, the real model on the tiny random checkpoint.
+
+A webcam photo is taken and a question is recorded with the microphone; the recording is answered as a spoken
+question about the photo (IMAGE_A1A2), streamed into the chat. A typed question's answer is stopped with the
+stop button and keeps what was shown. A text file named .png gets a message, not a traceback. The export zip
+holds both turns with the real recording (speech, not silence), the photo and the answers' speech.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_browser_e2e import CHROMIUM, FLAGS, endless_tiny_checkpoint, free_port, sh, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+LEAD_S = 1.0  # silence before the question in the fake microphone's file
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stmedia")
+    sh("espeak-ng", "-v", "en-us", "-s", "150", "-w", str(d / "q.wav"), "what is the capital of france and why is it so famous")
+    sh("sox", "-D", str(d / "q.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "mic.wav"), "pad", str(LEAD_S), "4")
+    sh("ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15", "-t", "60",
+       "-pix_fmt", "yuv420p", str(d / "cam.y4m"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def streamlit_app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stapp")
+    ckpt = endless_tiny_checkpoint(tmp / "tiny")  # answers run to the budget: 1500 steps take a few seconds
+    port = free_port()
+    log = open(tmp / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--ui", "streamlit", "--checkpoint", str(ckpt),
+                             "--port", str(port), "--recordings", str(tmp / "rec"), "--max-new-tokens", "1500"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    t0 = time.monotonic()
+    while True:
+        try:
+            urllib.request.urlopen(url + "_stcore/health", timeout=2)
+            break
+        except Exception:
+            assert proc.poll() is None, (tmp / "app.log").read_text()
+            assert time.monotonic() - t0 < 120, "streamlit did not come up"
+            time.sleep(0.5)
+    yield url, tmp
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, media, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, app_dir = streamlit_app
+    not_image = tmp_path / "holiday.png"
+    not_image.write_text("this is a text file with an image name")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, accept_downloads=True,
+            viewport={"width": 1400, "height": 1100},
+            args=FLAGS + [f"--use-file-for-fake-audio-capture={media / 'mic.wav'}%noloop",
+                          f"--use-file-for-fake-video-capture={media / 'cam.y4m'}"])
+        page = ctx.new_page()
+        page.goto(url, wait_until="load")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        main = page.locator('[data-testid="stMainBlockContainer"]')
+        log = lambda: (app_dir / "app.log").read_text()[-3000:]  # noqa: E731
+        wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load", log)
+
+        def assistant_texts() -> list[str]:
+            return main.locator('[data-testid="stChatMessage"]:has([data-testid="stChatMessageAvatarAssistant"])') \
+                .all_inner_texts()
+
+        # 1. webcam photo, then a recorded question: answered as a spoken question about the photo
+        sidebar.get_by_text("Webcam", exact=True).click()
+        video = sidebar.locator('[data-testid="stCameraInput"] video')
+        wait_for(lambda: video.count() and video.evaluate("v => v.readyState >= 2"), 20, page, "the webcam preview")
+        sidebar.get_by_role("button", name="Take Photo").click()
+        wait_for(lambda: sidebar.get_by_role("button", name="Clear photo").count(), 20, page, "the photo")
+        sidebar.get_by_role("button", name="Record").click()
+        page.wait_for_timeout(int((LEAD_S + 3.5) * 1000))  # the question (espeak: ~3.3 s) after the lead
+        sidebar.get_by_role("button", name="Stop recording").click()
+        wait_for(lambda: main.get_by_text("spoken question").count(), 30, page, "the recorded question in the chat",
+                 lambda: main.inner_text()[:500])
+        user_msg = main.locator('[data-testid="stChatMessage"]').filter(has_text="spoken question").first
+        wait_for(lambda: user_msg.locator('[data-testid="stImage"] img').count() == 1, 10, page,
+                 "the webcam photo shown with the question", lambda: user_msg.inner_html()[:1500])
+        stop = main.get_by_role("button", name="Stop answer")
+        wait_for(lambda: stop.count() == 0 and main.locator('[data-testid="stCaptionContainer"]').count(), 90, page,
+                 "the answer to finish", log)
+        answer = assistant_texts()[-1]
+        assert answer.strip() and "▌" not in answer and "interrupted" not in answer
+        assert "first audio" in answer and "steps/s" in answer  # the latency figures under it
+        assert main.locator('[data-testid="stAudio"]').count() >= 1  # the answer's speech
+        page.screenshot(path=str(Path(os.environ.get("WEBUI_SCREENSHOT_DIR", tmp_path)) / "streamlit.png"))
+
+        # 2. a typed question, stopped while it is generated: marked, and what was shown stays
+        sidebar.get_by_text("Webcam", exact=True).click()  # webcam off: no picture with a typed question
+        wait_for(lambda: sidebar.locator('[data-testid="stCameraInput"]').count() == 0, 10, page, "the webcam off")
+        page.get_by_placeholder("Type a message").fill("tell me a long story")
+        page.get_by_placeholder("Type a message").press("Enter")
+        wait_for(lambda: stop.count() == 1, 30, page, "the stop button", log)
+        page.wait_for_timeout(300)
+        stop.click()
+        wait_for(lambda: main.get_by_text("(interrupted)").count(), 20, page, "the answer marked interrupted", log)
+        stopped = assistant_texts()[-1]
+        assert stopped.replace("(interrupted)", "").strip() not in ("", "(no text)", "…"), stopped
+
+        # 3. a text file named .png, with a typed question: a message, no traceback, the page keeps working
+        sidebar.locator('[data-testid="stFileUploader"]').first.locator("input[type=file]").set_input_files(
+            str(not_image))
+        page.get_by_placeholder("Type a message").fill("what is this")
+        page.get_by_placeholder("Type a message").press("Enter")
+        wait_for(lambda: main.get_by_text("not an image I can read").count(), 30, page, "the not-an-image message")
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+        # 4. the export: both turns, the recording (speech, not silence), the photo, the answers' speech
+        with page.expect_download(timeout=30000) as dl:
+            sidebar.get_by_role("button", name="Export conversation").click()
+        data = zipfile.ZipFile(dl.value.path())
+        transcript = json.loads(data.read("transcript.json"))
+        turns = transcript["turns"]
+        assert [(t["kind"], t["task"], t["status"]) for t in turns] == [
+            ("voice", "IMAGE_A1A2", "done"), ("text", "T1A2", "interrupted")]
+        assert turns[0]["image_source"] == "webcam" and turns[1]["interrupted_by"] == "button"
+        assert turns[1]["assistant_text"] == turns[1]["assistant_text_generated"]  # kept, not cut to "played"
+        files = turns[0]["files"]
+        assert {"user_audio", "image", "assistant_audio"} <= set(files) and "assistant_audio" in turns[1]["files"]
+        question, sr = sf.read(io.BytesIO(data.read(files["user_audio"])), dtype="float32")
+        assert 3.5 < len(question) / sr < 7, len(question) / sr
+        window = int(0.05 * sr)
+        loud = [np.sqrt(np.mean(question[i:i + window] ** 2)) for i in range(0, len(question) - window, window)]
+        assert max(loud) > 0.05 and min(loud) < 0.01  # the spoken question with the silence before it
+        ctx.close()
