@@ -16,7 +16,7 @@ def test_commands_match(text):
 
 @pytest.mark.parametrize("text", ["I can't stop thinking about the music today", "what is the weather like",
                                   "Thank you.", "(music)", "", "the stock market is quite busy",
-                                  "please continue with the story"])
+                                  "please continue with the story", "Top model.", "a top model"])
 def test_other_speech_does_not_match(text):
     assert PhraseMatcher().find(text) is None
 

@@ -99,6 +99,8 @@ class PhraseMatcher:
                     if _similar(joined, target) >= ratio and (len(pw) > 1 or len(span) == 1):
                         if len(pw) > 1 and not _similar(span[0][: len(pw[0])], pw[0]) >= 0.75:
                             continue  # the first word must look like the phrase's first word
+                        if len(pw) == 1 and joined[0] != target[0]:
+                            continue  # one word: same first letter too ("top model" is not "stop")
                         return Match(phrase, " ".join(span))
         return None
 
