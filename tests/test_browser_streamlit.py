@@ -127,6 +127,8 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
         # 3. a text file named .png, with a typed question: a message, no traceback, the page keeps working
         sidebar.locator('[data-testid="stFileUploader"]').first.locator("input[type=file]").set_input_files(
             str(not_image))
+        wait_for(lambda: sidebar.get_by_text("holiday.png").count(), 20, page, "the upload in the file list")
+        page.wait_for_timeout(500)  # the rerun the upload started
         page.get_by_placeholder("Type a message").fill("what is this")
         page.get_by_placeholder("Type a message").press("Enter")
         wait_for(lambda: main.get_by_text("not an image I can read").count(), 30, page, "the not-an-image message")
