@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
     p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit"],
-                   help="gradio (default; live voice and barge-in) or streamlit (typed, recorded and uploaded questions)")
+                   help="gradio (default) or streamlit: the same live voice, barge-in and typed/uploaded questions")
     p.add_argument("--policy", default="command", choices=["command", "any", "off"],
                    help="barge-in: command = only stop phrases interrupt (default); any = any speech interrupts; "
                         "off = half-duplex (for speakers without echo cancellation)")
@@ -108,20 +108,23 @@ def ensure_checkpoint(args) -> str | None:
     return f"The download finished but {', '.join(missing)} are still missing in {d}/." if missing else None
 
 
-# options of the live-voice Gradio page that the Streamlit page (whole recorded or typed questions) has no use for
-VOICE_ONLY = ("policy", "phrases", "asr", "end_silence", "prebuffer", "no_early_encode", "max_voice", "share")
+# options of the Gradio page that the Streamlit page has no use for
+GRADIO_ONLY = ("max_voice", "share")
 
 
 def run_streamlit(args) -> int:
     defaults = parse_args([])
-    ignored = [f"--{k.replace('_', '-')}" for k in VOICE_ONLY if getattr(args, k) != getattr(defaults, k)]
+    ignored = [f"--{k.replace('_', '-')}" for k in GRADIO_ONLY if getattr(args, k) != getattr(defaults, k)]
     if ignored:
-        print(f"Note: {', '.join(ignored)} only apply to the Gradio page (live voice); the Streamlit page ignores "
-              f"them.", file=sys.stderr)
+        print(f"Note: {', '.join(ignored)} only apply to the Gradio page; the Streamlit page ignores them.",
+              file=sys.stderr)
     cmd = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).parent / "webui" / "streamlit_app.py"),
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--checkpoint", args.checkpoint, "--device", args.device,
-           "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens)]
+           "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens), "--policy", args.policy,
+           "--asr", args.asr, "--end-silence", str(args.end_silence), "--prebuffer", str(args.prebuffer)]
+    cmd += ["--phrases", args.phrases] if args.phrases else []
+    cmd += ["--no-early-encode"] if args.no_early_encode else []
     cmd += ["--quantize", args.quantize] if args.quantize else []
     cmd += ["--multi-turn"] if args.multi_turn else []
     cmd += ["--recordings", args.recordings] if args.recordings else []

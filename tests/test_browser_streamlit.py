@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_browser_e2e import CHROMIUM, FLAGS, endless_tiny_checkpoint, free_port, sh, wait_for
+from test_browser_e2e import CHROMIUM, FLAGS, INIT_JS, endless_tiny_checkpoint, free_port, sh, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAD_S = 1.0  # silence before the question in the fake microphone's file
+LIVE_LEAD_S, LIVE_STOP_AT = 3.0, 13.5  # live: the question, and "stop omni" (the answer is playing by then)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,15 @@ def media(tmp_path_factory):
     sh("sox", "-D", str(d / "q.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "mic.wav"), "pad", str(LEAD_S), "4")
     sh("ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15", "-t", "60",
        "-pix_fmt", "yuv420p", str(d / "cam.y4m"))
+    # live: the question, then "stop omni" while the answer plays
+    sh("espeak-ng", "-v", "en-us", "-s", "150", "-w", str(d / "stop.wav"), "stop omni")
+    sh("sox", "-D", str(d / "q.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "q48.wav"))
+    sh("sox", "-D", str(d / "stop.wav"), "-r", "48000", "-c", "1", "-b", "16", str(d / "stop48.wav"))
+    q, stop = sf.read(d / "q48.wav", dtype="float32")[0], sf.read(d / "stop48.wav", dtype="float32")[0]
+    a = np.zeros(int(48000 * (LIVE_STOP_AT + 8)), np.float32)
+    a[int(LIVE_LEAD_S * 48000):int(LIVE_LEAD_S * 48000) + len(q)] = q
+    a[int(LIVE_STOP_AT * 48000):int(LIVE_STOP_AT * 48000) + len(stop)] = stop
+    sf.write(d / "live.wav", a, 48000, subtype="PCM_16")
     return d
 
 
@@ -109,7 +119,7 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
         answer = assistant_texts()[-1]
         assert answer.strip() and "▌" not in answer and "interrupted" not in answer
         assert "first audio" in answer and "steps/s" in answer  # the latency figures under it
-        assert main.locator('[data-testid="stAudio"]').count() >= 1  # the answer's speech
+        wait_for(lambda: main.locator('[data-testid="stAudio"]').count() >= 1, 10, page, "the answer's speech")
         page.screenshot(path=str(Path(os.environ.get("WEBUI_SCREENSHOT_DIR", tmp_path)) / "streamlit.png"))
 
         # 2. a typed question, stopped while it is generated: marked, and what was shown stays
@@ -123,6 +133,8 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
         wait_for(lambda: main.get_by_text("(interrupted)").count(), 20, page, "the answer marked interrupted", log)
         stopped = assistant_texts()[-1]
         assert stopped.replace("(interrupted)", "").strip() not in ("", "(no text)", "…"), stopped
+        # the recording was real speech: the stop-command recogniser (Whisper tiny.en) transcribed it for the history
+        wait_for(lambda: "capital" in main.inner_text().lower(), 30, page, "the recorded question's transcript")
 
         # 3. a text file named .png, with a typed question: a message, no traceback, the page keeps working
         sidebar.locator('[data-testid="stFileUploader"]').first.locator("input[type=file]").set_input_files(
@@ -151,4 +163,69 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
         window = int(0.05 * sr)
         loud = [np.sqrt(np.mean(question[i:i + window] ** 2)) for i in range(0, len(question) - window, window)]
         assert max(loud) > 0.05 and min(loud) < 0.01  # the spoken question with the silence before it
+        ctx.close()
+
+
+def test_live_voice_with_webcam_and_stop_omni_barge_in(streamlit_app, media, tmp_path):
+    """Start talking (streamlit-webrtc): the spoken question is detected as a turn with the webcam frame, the
+    answer's text streams in and its speech is heard, and saying "stop omni" interrupts it and silences it."""
+    from playwright.sync_api import sync_playwright
+
+    url, app_dir = streamlit_app
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, accept_downloads=True,
+            viewport={"width": 1400, "height": 1100},
+            args=FLAGS + [f"--use-file-for-fake-audio-capture={media / 'live.wav'}%noloop",
+                          f"--use-file-for-fake-video-capture={media / 'cam.y4m'}"])
+        page = ctx.new_page()
+        page.add_init_script(INIT_JS)  # every frame: the WebRTC widget's iframe records the speech it receives
+        page.goto(url, wait_until="load")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        main = page.locator('[data-testid="stMainBlockContainer"]')
+        log = lambda: (app_dir / "app.log").read_text()[-3000:]  # noqa: E731
+        wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load", log)
+        sidebar.get_by_text("Webcam", exact=True).click()
+        page.wait_for_timeout(1000)
+        widget = page.frame_locator('iframe[title*="webrtc"]').first
+        widget.get_by_role("button", name="Start talking").click()
+
+        def widget_frame():
+            return next(f for f in page.frames if f.evaluate("() => !!window.__pcs && window.__pcs.length > 0"))
+
+        wait_for(lambda: any(f.evaluate("() => (window.__pcs || []).some(pc => ['connected', 'completed']"
+                                        ".includes(pc.iceConnectionState))") for f in page.frames), 30, page,
+                 "ICE connected", log)
+        frame = widget_frame()
+        t_connected = time.monotonic()
+
+        # 1. the question is a turn with the webcam frame; the answer streams and is heard
+        wait_for(lambda: main.get_by_text("spoken question").count(), 30, page, "the spoken turn", log)
+        user_msg = main.locator('[data-testid="stChatMessage"]').filter(has_text="spoken question").first
+        wait_for(lambda: user_msg.locator('[data-testid="stImage"] img').count() == 1, 10, page,
+                 "the webcam frame shown with the turn")
+        wait_for(lambda: "▌" in main.inner_text(), 30, page, "the answer streaming")
+        wait_for(lambda: max([v for _, v in frame.evaluate("() => window.__rms")] or [0]) > 0.03, 20, page,
+                 "the answer's speech at the browser")
+
+        # 2. "stop omni" (10.5 s after the question starts) interrupts it; the speech stops
+        wait_for(lambda: main.get_by_text("(interrupted)").count(), LIVE_STOP_AT + 15, page,
+                 "the answer interrupted by 'stop omni'", log)
+        assert time.monotonic() - t_connected > LIVE_STOP_AT - 3  # not before the command was said
+        assert "Interrupted (command" in main.inner_text()
+        page.wait_for_timeout(500)
+        t_now = frame.evaluate("() => performance.now()")
+        page.wait_for_timeout(2000)
+        after = [v for t, v in frame.evaluate("() => window.__rms") if t > t_now]
+        assert after and max(after) < 0.01, max(after)  # silent once interrupted
+
+        # 3. the export says what happened
+        widget.get_by_role("button", name="Stop talking").click()
+        with page.expect_download(timeout=30000) as dl:
+            wait_for(lambda: sidebar.get_by_role("button", name="Export conversation").count(), 20, page, "export")
+            sidebar.get_by_role("button", name="Export conversation").click()
+        turn = json.loads(zipfile.ZipFile(dl.value.path()).read("transcript.json"))["turns"][0]
+        assert (turn["kind"], turn["task"], turn["status"], turn["image_source"]) == \
+            ("voice", "IMAGE_A1A2", "interrupted", "webcam")
+        assert turn["interrupted_by"].startswith("command") and 0 < turn["played_s"]
         ctx.close()

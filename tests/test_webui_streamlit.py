@@ -61,13 +61,13 @@ def test_streamlit_run_serves_the_page():
 
 
 def test_app_py_starts_the_streamlit_page_in_its_own_process():
-    """`python app.py --ui streamlit`: voice-only options are named as ignored, the page is served, and stopping
+    """`python app.py --ui streamlit`: Gradio-only options are named as ignored, the page is served, and stopping
     app.py stops the server (it used to leave streamlit running and holding the port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--ui", "streamlit", "--checkpoint", "tiny",
-                             "--port", str(port), "--policy", "any", "--max-new-tokens", "32"],
+                             "--port", str(port), "--max-voice", "2", "--max-new-tokens", "32"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     try:
         end = time.monotonic() + 60
@@ -86,7 +86,7 @@ def test_app_py_starts_the_streamlit_page_in_its_own_process():
         except subprocess.TimeoutExpired:
             subprocess.run(["pkill", "-f", f"server.port {port}"])
             raise AssertionError("stopping app.py left the streamlit server running") from None
-    assert "--policy only apply to the Gradio page" in err.decode()
+    assert "--max-voice only apply to the Gradio page" in err.decode()
     with socket.socket() as s:  # the port is free again: no server left behind (REUSEADDR: TIME_WAIT is fine)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))

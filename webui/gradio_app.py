@@ -20,6 +20,7 @@ import numpy as np
 
 from .engine import NOT_AN_IMAGE, Engine, EngineConfig, Session
 from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
+from .rtc import allow_loopback_ice
 
 log = logging.getLogger("webui")
 
@@ -604,24 +605,6 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         apply.click(settings, [sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard,
                                multi_turn, max_tokens, prebuffer], [settings_note])
     return demo
-
-
-def allow_loopback_ice() -> None:
-    """On a machine with only a loopback interface aiortc offers no ICE candidates and WebRTC never connects.
-    Offer 127.0.0.1 in that case only (the browser side needs --allow-loopback-in-peer-connection)."""
-    try:
-        import aioice.ice as ice
-    except ImportError:
-        return
-    if getattr(ice.get_host_addresses, "_omni_loopback", False):
-        return
-    original = ice.get_host_addresses
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool):
-        return original(use_ipv4, use_ipv6) or (["127.0.0.1"] if use_ipv4 else [])
-
-    get_host_addresses._omni_loopback = True
-    ice.get_host_addresses = get_host_addresses
 
 
 def launch(app: OmniApp, host: str = "127.0.0.1", port: int = 7860, share: bool = False, banner: str | None = None,

@@ -1,10 +1,11 @@
-"""A thin Streamlit UI over the same conversation engine: typed, recorded (microphone) and uploaded questions,
-a webcam photo or uploaded picture with a spoken question, the answer streamed as text, then its speech.
+"""A Streamlit UI over the same conversation engine as the Gradio page.
+
+Live voice over WebRTC (streamlit-webrtc): microphone and webcam in, the answer's speech out as it is generated,
+turn-taking and barge-in by the engine. Also typed, recorded and uploaded questions, a webcam photo or uploaded
+picture with a spoken question, the answer streamed as text, then its speech.
 
     streamlit run webui/streamlit_app.py -- --checkpoint tiny
     python app.py --ui streamlit --checkpoint tiny
-
-Live streaming voice and barge-in are in the Gradio app (WebRTC); here each question is a whole recording.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from omni.tiny import is_test_checkpoint  # noqa: E402
-from webui.engine import Engine, EngineConfig, Session, load_audio, load_image  # noqa: E402
+from webui.engine import OUT_RATE, Engine, EngineConfig, Session, load_audio, load_image  # noqa: E402
+from webui.interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases  # noqa: E402
+from webui.vad import VADConfig  # noqa: E402
 
 TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."
 MAX_UPLOAD_MB = 25
@@ -37,23 +40,124 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=int(os.environ.get("OMNI_MAX_NEW_TOKENS", "512")))
     p.add_argument("--multi-turn", action="store_true")
     p.add_argument("--recordings", default=None)
+    # live voice (the same options as app.py's Gradio page)
+    p.add_argument("--policy", default="command", choices=["command", "any", "off"])
+    p.add_argument("--phrases", default=None)
+    p.add_argument("--asr", default="auto")
+    p.add_argument("--end-silence", type=float, default=0.6)
+    p.add_argument("--prebuffer", type=float, default=0.3)
+    p.add_argument("--no-early-encode", action="store_true")
     args, _ = p.parse_known_args()
     return args
 
 
 @st.cache_resource(show_spinner="Loading the model (once for all sessions)…")
-def get_engine(checkpoint: str, device: str, dtype: str, quantize: str | None, max_new_tokens: int,
-               multi_turn: bool = False, recordings: str | None = None) -> Engine:
+def get_engine(options: tuple) -> Engine:
+    """The engine for the page's options (sorted (name, value) pairs: hashable, so one engine per set)."""
     import omni
 
+    from webui.rtc import allow_loopback_ice
+
+    allow_loopback_ice()
+    args = argparse.Namespace(**dict(options))
+    checkpoint = args.checkpoint
     if checkpoint == "tiny":
         from webui.gradio_app import tiny_checkpoint_dir
 
         checkpoint = str(tiny_checkpoint_dir())
-    model = omni.load_model(checkpoint, device=device, dtype=dtype, quantize=quantize)
-    # no live microphone here, so no stop-command ASR is needed
-    return Engine(model, EngineConfig(max_new_tokens=max_new_tokens, multi_turn=multi_turn).validate(),
-                  transcriber=None, recordings_dir=recordings)
+    config = EngineConfig(vad=VADConfig(end_silence_s=args.end_silence), policy=args.policy,
+                          phrases=parse_phrases(args.phrases) if args.phrases else DEFAULT_PHRASES,
+                          multi_turn=args.multi_turn, max_new_tokens=args.max_new_tokens, prebuffer_s=args.prebuffer,
+                          early_encode=not args.no_early_encode).validate()
+    model = omni.load_model(checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    try:  # the stop-command check; without it only the 'any' and 'off' policies interrupt
+        transcriber = make_transcriber(args.asr, checkpoint, str(model.device))
+    except Exception as e:
+        transcriber = None
+        st.warning(f"Stop phrases will not be recognised: could not load --asr {args.asr!r} ({e}).")
+    return Engine(model, config, transcriber=transcriber, recordings_dir=args.recordings)
+
+
+class LiveLink:
+    """One WebRTC connection's audio and video to and from a session: microphone frames in, webcam frames in (a
+    few per second are enough), speech out in 20 ms frames at real-time pace. The callbacks run on aiortc's loop."""
+
+    FRAME = OUT_RATE // 50  # 20 ms of speech
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.attached = False
+        self._last_picture = 0.0
+
+    def speak(self, pts, time_base):
+        import av
+
+        if not self.attached:
+            self.session.attach_transport()
+            self.attached = True
+        pcm = self.session.next_frame(self.FRAME, timeout=0.0)
+        if pcm is None:
+            pcm = np.zeros(self.FRAME, np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE
+        return frame
+
+    def hear(self, frame) -> None:
+        pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]  # packed s16: first channel
+        self.session.feed_audio(frame.sample_rate, pcm)
+
+    def see(self, frame) -> None:
+        now = time.monotonic()
+        if now - self._last_picture >= 0.2:
+            self._last_picture = now
+            self.session.set_camera_frame(frame.to_ndarray(format="rgb24"))
+
+    def ended(self) -> None:
+        if self.attached:
+            self.attached = False
+            self.session.detach_transport()
+
+
+def live_voice(s: Session, webcam: bool):
+    """The WebRTC widget: START talks with the assistant (its answers play as they are generated, and saying
+    a stop phrase interrupts them). Returns its context (state.playing while connected)."""
+    from streamlit_webrtc import (WebRtcMode, create_audio_sink_track, create_audio_source_track,
+                                  create_video_sink_track, webrtc_streamer)
+
+    link = st.session_state.get("omni_link")
+    if link is None or link.session is not s:
+        link = st.session_state["omni_link"] = LiveLink(s)
+    return webrtc_streamer(
+        key="live", mode=WebRtcMode.SENDRECV,
+        rtc_configuration={"iceServers": []}, server_rtc_configuration={"iceServers": []},  # offline: no STUN
+        media_stream_constraints={"audio": {"echoCancellation": True, "noiseSuppression": True,
+                                            "autoGainControl": True}, "video": webcam},
+        source_audio_track=create_audio_source_track(link.speak, key="omni-speech", sample_rate=OUT_RATE,
+                                                     on_ended=link.ended),
+        sink_audio_track=create_audio_sink_track(link.hear, key="omni-mic", on_ended=link.ended),
+        sink_video_track=create_video_sink_track(link.see, key="omni-camera") if webcam else None,
+        translations={"start": "Start talking", "stop": "Stop talking"},
+    )
+
+
+def follow_live(s: Session, area) -> None:
+    """While the live connection runs, redraw the conversation whenever it changes (a rerun ends this)."""
+    seen = None
+    while True:
+        snap = s.snapshot()
+        if snap["version"] != seen:
+            seen = snap["version"]
+            with area.container():
+                for t in snap["turns"]:
+                    if t.status in ("queued", "running", "speaking"):
+                        show_user(t)
+                        with st.chat_message("assistant"):
+                            st.markdown((t.assistant_text or "") + " ▌")
+                    else:
+                        show_turn(t)
+                listening = "🎤 listening…" if snap["listening"] else "🎤 live: speak when you like"
+                st.caption(listening + (f" · {snap['notice']}" if snap["notice"] else ""))
+        time.sleep(0.2)
 
 
 def session(engine: Engine) -> Session:
@@ -68,7 +172,7 @@ def show_turn(t) -> None:
         if t.user_text:
             st.write(t.user_text)
         elif t.kind == "voice":
-            st.write("🎤 spoken question")
+            st.write("🎤 " + (f"“{t.user_transcript}”" if t.user_transcript else "spoken question"))
         if "user_audio" in t.files:
             st.audio(t.files["user_audio"])
         if "image" in t.files:
@@ -136,8 +240,7 @@ def main() -> None:
     st.set_page_config(page_title="Mini-Omni2", page_icon="🎙️")
     st.title("Mini-Omni2")
     try:
-        engine = get_engine(args.checkpoint, args.device, args.dtype, args.quantize, args.max_new_tokens,
-                            args.multi_turn, args.recordings)
+        engine = get_engine(tuple(sorted(vars(args).items())))
     except Exception as e:
         st.error(f"The model could not be loaded: {e}")
         st.stop()
@@ -146,12 +249,22 @@ def main() -> None:
     s = session(engine)
 
     with st.sidebar:
+        st.subheader("Talk")
+        webcam = st.toggle("Webcam", key="webcam", help="Live: the latest frame goes with each spoken turn. "
+                                                      "Recorded questions: take a photo below")
+        try:
+            playing = live_voice(s, webcam).state.playing
+        except Exception as e:  # e.g. no streamlit-webrtc, or a runtime without it (tests): the rest still works
+            st.caption(f"Live voice is not available here ({type(e).__name__}: {e}).")
+            playing = False
+        if playing:
+            st.button("⏹ Stop answer", key="stop_live", on_click=s.interrupt)
+        st.subheader("Or ask one question")
         mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
-        st.subheader("Ask by voice")
         recording = st.audio_input("Record a question (sent when you stop)", key="recording")
         photo = None
-        if st.toggle("Webcam", key="webcam", help="Take a photo: your next spoken question is about it"):
-            photo = st.camera_input("Photo for the next spoken question", key="photo")
+        if webcam and not playing:
+            photo = st.camera_input("Photo for the next recorded question", key="photo")
         st.subheader("Upload")
         image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"], max_upload_size=MAX_UPLOAD_MB)
         audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"],
@@ -166,9 +279,10 @@ def main() -> None:
             s.clear()
 
     active = s.current  # an answer still running from before this rerun is followed again below
-    for t in s.history:
-        if t is not active:
-            show_turn(t)
+    if not playing:  # (live: follow_live draws the whole conversation)
+        for t in s.history:
+            if t is not active:
+                show_turn(t)
 
     text = st.chat_input("Type a message")
     turn = None
@@ -187,7 +301,9 @@ def main() -> None:
     except ValueError as e:
         st.error(str(e))
     active = turn or active
-    if active is not None:
+    if playing:  # live conversation: the page follows it
+        follow_live(s, st.empty())
+    elif active is not None:
         show_user(active)
         stream_answer(s, active)
 
