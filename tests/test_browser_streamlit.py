@@ -100,7 +100,7 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
                 .all_inner_texts()
 
         # 1. webcam photo, then a recorded question: answered as a spoken question about the photo
-        sidebar.get_by_text("Webcam", exact=True).click()
+        page.get_by_text("Webcam", exact=True).click()
         video = sidebar.locator('[data-testid="stCameraInput"] video')
         wait_for(lambda: video.count() and video.evaluate("v => v.readyState >= 2"), 20, page, "the webcam preview")
         sidebar.get_by_role("button", name="Take Photo").click()
@@ -123,7 +123,7 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
         page.screenshot(path=str(Path(os.environ.get("WEBUI_SCREENSHOT_DIR", tmp_path)) / "streamlit.png"))
 
         # 2. a typed question, stopped while it is generated: marked, and what was shown stays
-        sidebar.get_by_text("Webcam", exact=True).click()  # webcam off: no picture with a typed question
+        page.get_by_text("Webcam", exact=True).click()  # webcam off: no picture with a typed question
         wait_for(lambda: sidebar.locator('[data-testid="stCameraInput"]').count() == 0, 10, page, "the webcam off")
         page.get_by_placeholder("Type a message").fill("tell me a long story")
         page.get_by_placeholder("Type a message").press("Enter")
@@ -185,7 +185,7 @@ def test_live_voice_with_webcam_and_stop_omni_barge_in(streamlit_app, media, tmp
         main = page.locator('[data-testid="stMainBlockContainer"]')
         log = lambda: (app_dir / "app.log").read_text()[-3000:]  # noqa: E731
         wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load", log)
-        sidebar.get_by_text("Webcam", exact=True).click()
+        page.get_by_text("Webcam", exact=True).click()
         page.wait_for_timeout(1000)
         widget = page.frame_locator('iframe[title*="webrtc"]').first
         widget.get_by_role("button", name="Start talking").click()
@@ -218,14 +218,16 @@ def test_live_voice_with_webcam_and_stop_omni_barge_in(streamlit_app, media, tmp
         page.wait_for_timeout(2000)
         after = [v for t, v in frame.evaluate("() => window.__rms") if t > t_now]
         assert after and max(after) < 0.01, max(after)  # silent once interrupted
+        page.screenshot(path=str(Path(os.environ.get("WEBUI_SCREENSHOT_DIR", tmp_path)) / "streamlit_live.png"))
 
-        # 3. the export says what happened
-        widget.get_by_role("button", name="Stop talking").click()
+        # 3. the export (offered as soon as the turn ended, still connected) says what happened
+        export = sidebar.get_by_role("button", name="Export conversation")
+        wait_for(lambda: export.count(), 10, page, "the export button")
         with page.expect_download(timeout=30000) as dl:
-            wait_for(lambda: sidebar.get_by_role("button", name="Export conversation").count(), 20, page, "export")
-            sidebar.get_by_role("button", name="Export conversation").click()
+            export.click()
         turn = json.loads(zipfile.ZipFile(dl.value.path()).read("transcript.json"))["turns"][0]
         assert (turn["kind"], turn["task"], turn["status"], turn["image_source"]) == \
             ("voice", "IMAGE_A1A2", "interrupted", "webcam")
         assert turn["interrupted_by"].startswith("command") and 0 < turn["played_s"]
+        widget.get_by_role("button", name="Stop talking").click()
         ctx.close()

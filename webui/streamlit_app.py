@@ -4,8 +4,10 @@ Live voice over WebRTC (streamlit-webrtc): microphone and webcam in, the answer'
 turn-taking and barge-in by the engine. Also typed, recorded and uploaded questions, a webcam photo or uploaded
 picture with a spoken question, the answer streamed as text, then its speech.
 
-    streamlit run webui/streamlit_app.py -- --checkpoint tiny
     python app.py --ui streamlit --checkpoint tiny
+    streamlit run webui/streamlit_app.py --server.address 127.0.0.1 -- --checkpoint tiny
+
+(`streamlit run` alone listens on every interface; app.py binds 127.0.0.1 unless --host says otherwise.)
 """
 
 from __future__ import annotations
@@ -136,15 +138,32 @@ def live_voice(s: Session, webcam: bool):
                                                      on_ended=link.ended),
         sink_audio_track=create_audio_sink_track(link.hear, key="omni-mic", on_ended=link.ended),
         sink_video_track=create_video_sink_track(link.see, key="omni-camera") if webcam else None,
-        translations={"start": "Start talking", "stop": "Stop talking"},
+        translations={"start": "Start talking", "stop": "Stop talking", "select_device": "Devices",
+                      "device_access_denied": "Microphone or camera access was denied: allow it in the browser's "
+                                              "site settings, then start again.",
+                      "device_not_available": "No microphone or camera was found.",
+                      "media_api_not_available": "This browser cannot use the microphone here: open the page on "
+                                                 "localhost or over https (e.g. ssh -L 8501:127.0.0.1:8501 host)."},
     )
 
 
-def follow_live(s: Session, area) -> None:
-    """While the live connection runs, redraw the conversation whenever it changes (a rerun ends this)."""
-    seen = None
+def export_button(s: Session, key: str = "export") -> None:
+    zip_path = s.export_zip()
+    st.download_button("⬇ Export conversation", zip_path.read_bytes(), file_name=zip_path.name,
+                       mime="application/zip", key=key)
+
+
+def follow_live(s: Session, area, export_slot) -> None:
+    """While the live connection runs, redraw the conversation whenever it changes, and the export when a turn
+    ends (a rerun ends this)."""
+    seen, ended = None, None
     while True:
         snap = s.snapshot()
+        done = sum(t.status not in ("queued", "running", "speaking") for t in snap["turns"])
+        if done and done != ended:
+            ended = done
+            with export_slot.container():
+                export_button(s, key=f"export_{snap['version']}")
         if snap["version"] != seen:
             seen = snap["version"]
             with area.container():
@@ -248,18 +267,18 @@ def main() -> None:
         st.warning(TINY_BANNER)
     s = session(engine)
 
+    webcam = st.toggle("Webcam", key="webcam", help="Live: the latest frame goes with each spoken turn. "
+                                                  "One question at a time: take a photo in the sidebar")
+    try:
+        playing = live_voice(s, webcam).state.playing
+    except Exception as e:  # e.g. no streamlit-webrtc, or a runtime without it (tests): the rest still works
+        st.caption(f"Live voice is not available here ({type(e).__name__}: {e}).")
+        playing = False
+    if playing:
+        st.button("⏹ Stop answer", key="stop_live", on_click=s.interrupt)
+
     with st.sidebar:
-        st.subheader("Talk")
-        webcam = st.toggle("Webcam", key="webcam", help="Live: the latest frame goes with each spoken turn. "
-                                                      "Recorded questions: take a photo below")
-        try:
-            playing = live_voice(s, webcam).state.playing
-        except Exception as e:  # e.g. no streamlit-webrtc, or a runtime without it (tests): the rest still works
-            st.caption(f"Live voice is not available here ({type(e).__name__}: {e}).")
-            playing = False
-        if playing:
-            st.button("⏹ Stop answer", key="stop_live", on_click=s.interrupt)
-        st.subheader("Or ask one question")
+        st.subheader("Ask one question")
         mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
         recording = st.audio_input("Record a question (sent when you stop)", key="recording")
         photo = None
@@ -271,10 +290,10 @@ def main() -> None:
                                       max_upload_size=MAX_UPLOAD_MB)
         ask = st.button("Ask with upload", disabled=audio_file is None and image_file is None)
         st.divider()
+        export_slot = st.empty()
         if s.history:
-            zip_path = s.export_zip()
-            st.download_button("⬇ Export conversation", zip_path.read_bytes(), file_name=zip_path.name,
-                               mime="application/zip")
+            with export_slot.container():
+                export_button(s)
         if st.button("Clear"):
             s.clear()
 
@@ -302,7 +321,7 @@ def main() -> None:
         st.error(str(e))
     active = turn or active
     if playing:  # live conversation: the page follows it
-        follow_live(s, st.empty())
+        follow_live(s, st.empty(), export_slot)
     elif active is not None:
         show_user(active)
         stream_answer(s, active)
