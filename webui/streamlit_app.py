@@ -276,6 +276,10 @@ def main() -> None:
         playing = False
     if playing:
         st.button("⏹ Stop answer", key="stop_live", on_click=s.interrupt)
+    else:
+        st.caption("Start talking asks for the microphone (and the webcam when it is on). If the browser says the "
+                   "permission was denied, allow both in its site settings for this page and start again. From "
+                   "another machine the page needs https or an ssh tunnel (ssh -L PORT:127.0.0.1:PORT host).")
 
     with st.sidebar:
         st.subheader("Ask one question")
