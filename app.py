@@ -69,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "answer comes up to 0.4 s sooner on a CPU; the work is dropped if you go on speaking)")
     p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4); model requests "
                                                            "are queued one at a time in any case")
-    p.add_argument("--recordings", default=None, help="folder for session audio/images (default: a temp folder; "
-                                                      "deleted when a session ends)")
+    p.add_argument("--recordings", default=None, help="keep every session's audio, images and transcript in this "
+                                                      "folder, one subfolder per session (default: a temp folder, "
+                                                      "cleaned up when a session ends)")
     p.add_argument("--events", default=None, help=argparse.SUPPRESS)  # JSONL event log for the browser tests
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)

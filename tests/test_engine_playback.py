@@ -8,7 +8,7 @@ import pytest
 from webui_fixtures import OUT, SR, Options, run_realtime, silence
 
 from omni.events import AudioChunk, Finished, Result, Stats
-from webui.engine import Engine, EngineConfig
+from webui.engine import Engine, EngineConfig, freeze_heap
 
 
 class UnevenModel:
@@ -38,6 +38,7 @@ UNEVEN = [(0.1, 0.17), (0.35, 0.17), (0.15, 0.34), (0.2, 0.34), (0.2, 0.68), (0.
 def played_speech(model, prebuffer_s, listen_s=4.0, **config):
     engine = Engine(model, EngineConfig(policy="off", prebuffer_s=prebuffer_s, **config), recordings_dir=None,
                     options_cls=Options)
+    freeze_heap()  # as the apps do once loaded: a full GC pass of this test process stalls every thread ~0.3 s
     try:
         s = engine.new_session()
         s.attach_transport()

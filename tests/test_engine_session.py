@@ -188,13 +188,35 @@ def test_bad_settings_are_refused(engine):
     assert s.config.policy == "command"
 
 
-def test_closed_session_removes_its_files(engine):
+def test_closed_session_removes_its_temp_files_but_keeps_a_named_recordings_folder(engine):
+    temp = Engine(engine.model, EngineConfig(), recordings_dir=None, options_cls=Options)
+    try:
+        s = temp.new_session()
+        s.send_text("hi")
+        s.wait_idle(20)
+        assert any(s.dir.iterdir())
+        temp.close_session(s.id)
+        assert not s.dir.exists() and temp.get(s.id) is None
+    finally:
+        temp.close()
+    # --recordings DIR: a tester's capture survives the tab closing, with its transcript beside the files
     s = engine.new_session()
     s.send_text("hi")
     s.wait_idle(20)
-    assert any(s.dir.iterdir())
     engine.close_session(s.id)
-    assert not s.dir.exists() and engine.get(s.id) is None
+    assert engine.get(s.id) is None and (s.dir / "turn_001_assistant.wav").exists()
+    assert json.loads((s.dir / "transcript.json").read_text())["turns"][0]["user_text"] == "hi"
+    assert "hi" in (s.dir / "transcript.md").read_text()
+
+
+def test_exporting_again_replaces_the_previous_zip(engine):
+    s = engine.new_session()
+    s.send_text("hi")
+    s.wait_idle(20)
+    first = s.export_zip()
+    time.sleep(1.1)  # a name from a later second
+    second = s.export_zip()
+    assert first != second and not first.exists() and list(s.dir.glob("*.zip")) == [second]
 
 
 def test_side_work_runs_in_order_one_at_a_time_each_on_a_thread_that_ends():

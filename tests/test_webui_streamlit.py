@@ -91,3 +91,25 @@ def test_app_py_starts_the_streamlit_page_in_its_own_process():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
         s.listen()
+
+
+def test_sessions_of_pages_gone_for_the_grace_period_are_closed(tmp_path):
+    """A closed tab's session (its memory; its temp files) is closed once the page has been gone for the grace
+    period; a page that comes back in time keeps its session."""
+    from webui_fixtures import Options, ScriptedModel
+
+    from webui.engine import Engine, EngineConfig, close_abandoned
+
+    engine = Engine(ScriptedModel("hi"), EngineConfig(), recordings_dir=None, options_cls=Options)
+    try:
+        gone, blip, here = engine.new_session(), engine.new_session(), engine.new_session()
+        owners = {gone.id: ["page-a", None], blip.id: ["page-b", None], here.id: ["page-c", None]}
+        active = {"page-a": False, "page-b": False, "page-c": True}
+        assert close_abandoned(engine, owners, active.get, now=0.0, grace_s=60) == []
+        active["page-b"] = True  # reconnected after a blip
+        assert close_abandoned(engine, owners, active.get, now=30.0, grace_s=60) == []
+        assert close_abandoned(engine, owners, active.get, now=61.0, grace_s=60) == [gone.id]
+        assert gone.closed and not gone.dir.exists() and engine.get(gone.id) is None
+        assert not blip.closed and not here.closed and set(owners) == {blip.id, here.id}
+    finally:
+        engine.close()

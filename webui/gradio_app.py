@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import NOT_AN_IMAGE, Engine, EngineConfig, Session
+from .engine import NOT_AN_IMAGE, Engine, EngineConfig, Session, freeze_heap
 from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
 from .rtc import allow_loopback_ice
 
@@ -176,6 +176,7 @@ class OmniApp:
                 pass
             if self.opts.events_path:
                 self._attach_event_log(engine)
+            freeze_heap()
             self.engine = engine
             self._set_status(f"Model ready ({time.monotonic() - t0:.1f} s). Stop-command ASR: {asr}.")
         except Exception as e:

@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from omni.tiny import is_test_checkpoint  # noqa: E402
-from webui.engine import OUT_RATE, Engine, EngineConfig, Session, load_audio, load_image  # noqa: E402
+from webui.engine import (OUT_RATE, Engine, EngineConfig, Session, close_abandoned, freeze_heap,  # noqa: E402
+                          load_audio, load_image)
 from webui.interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases  # noqa: E402
 from webui.vad import VADConfig  # noqa: E402
 
@@ -77,7 +78,9 @@ def get_engine(options: tuple) -> Engine:
     except Exception as e:
         transcriber = None
         st.warning(f"Stop phrases will not be recognised: could not load --asr {args.asr!r} ({e}).")
-    return Engine(model, config, transcriber=transcriber, recordings_dir=args.recordings)
+    engine = Engine(model, config, transcriber=transcriber, recordings_dir=args.recordings)
+    freeze_heap()
+    return engine
 
 
 class LiveLink:
@@ -179,10 +182,32 @@ def follow_live(s: Session, area, export_slot) -> None:
         time.sleep(0.2)
 
 
+@st.cache_resource
+def session_owners() -> dict:
+    """Engine session id -> [Streamlit session id, when it was first seen gone]: one table per process."""
+    return {}
+
+
+def _page_is_active(page_id: str) -> bool:
+    try:
+        from streamlit.runtime import Runtime
+
+        return Runtime.instance().is_active_session(page_id)
+    except Exception:  # no runtime (tests) or an internal change: never close on a guess
+        return True
+
+
 def session(engine: Engine) -> Session:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    owners = session_owners()
+    close_abandoned(engine, owners, _page_is_active, time.monotonic())  # tabs closed a while ago
     s = st.session_state.get("omni_session")
     if s is None or s.closed:
         s = st.session_state["omni_session"] = engine.new_session()
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        owners.setdefault(s.id, [ctx.session_id, None])
     return s
 
 
