@@ -5,6 +5,7 @@ import json
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,6 +208,27 @@ def test_closed_session_removes_its_temp_files_but_keeps_a_named_recordings_fold
     assert engine.get(s.id) is None and (s.dir / "turn_001_assistant.wav").exists()
     assert json.loads((s.dir / "transcript.json").read_text())["turns"][0]["user_text"] == "hi"
     assert "hi" in (s.dir / "transcript.md").read_text()
+
+
+def test_stopping_the_app_ends_its_sessions_so_a_named_recordings_folder_gets_the_transcripts(tmp_path):
+    """The app is stopped (Ctrl-C, end of the process) with a conversation open: its transcript is written."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path[:0] = [{root!r}, {tests!r}]\n"
+        "from webui_fixtures import Options, ScriptedModel\n"
+        "from webui.engine import Engine, EngineConfig\n"
+        "e = Engine(ScriptedModel('Paris.', speed=20.0, first_delay=0.0), EngineConfig(), recordings_dir={rec!r},"
+        " options_cls=Options)\n"
+        "s = e.new_session(); s.send_text('hello there'); assert s.wait_idle(20)\n"
+        "print(s.id)\n"
+    ).format(root=str(Path(__file__).resolve().parents[1]), tests=str(Path(__file__).resolve().parent),
+             rec=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / out.stdout.split()[-1]
+    assert json.loads((folder / "transcript.json").read_text())["turns"][0]["user_text"] == "hello there"
 
 
 def test_exporting_again_replaces_the_previous_zip(engine):

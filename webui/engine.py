@@ -8,6 +8,7 @@ not thread-safe; every browser gets its own `Session`, and sessions share nothin
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import gc
 import io
@@ -22,6 +23,7 @@ import time
 import traceback
 import uuid
 import warnings
+import weakref
 import zipfile
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
@@ -385,6 +387,8 @@ class Engine:
         # a folder the user named keeps each session's files (and its transcript) when the session ends; the
         # default temp folder is cleaned up
         self.keep_recordings = recordings_dir is not None
+        if self.keep_recordings:  # the app stopped with Ctrl-C still ends its sessions: transcripts are written
+            atexit.register(_close_if_alive, weakref.ref(self))
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -1203,6 +1207,12 @@ class Session:
             transcript_json, transcript_md = self._transcript_texts()
             (self.dir / "transcript.json").write_text(transcript_json)
             (self.dir / "transcript.md").write_text(transcript_md)
+
+
+def _close_if_alive(ref: "weakref.ref[Engine]") -> None:
+    engine = ref()
+    if engine is not None:
+        engine.close()
 
 
 def freeze_heap() -> None:
