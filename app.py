@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -134,6 +135,10 @@ def run_streamlit(args) -> int:
     os.execv(sys.executable, cmd)  # streamlit takes this process over: stopping app.py stops the server
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -169,6 +174,9 @@ def main(argv=None) -> int:
     app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=args.checkpoint == "tiny", device=args.device,
                               dtype=args.dtype, quantize=args.quantize, asr=args.asr, recordings=args.recordings,
                               events_path=args.events, max_voice=args.max_voice, config=config))
+    # `kill`, systemd and docker stop with SIGTERM: end like Ctrl-C, so open sessions are closed (transcripts of a
+    # --recordings folder written) instead of the process vanishing
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     app.load_in_background()  # the page comes up at once and shows loading progress
     sys.stdout.write(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)\n")
     sys.stdout.flush()  # one write: the loading thread prints too

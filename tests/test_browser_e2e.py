@@ -135,12 +135,16 @@ def app(tmp_path_factory):
             assert time.monotonic() - t0 < 120, "app did not come up"
             time.sleep(0.5)
     yield url, events, tmp
-    proc.terminate()
+    proc.terminate()  # SIGTERM ends the app like Ctrl-C: open sessions are closed and their transcripts written
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        raise AssertionError("the app did not stop on SIGTERM") from None
+    finally:
+        log.close()
+    folders = [d for d in (tmp / "rec").iterdir() if any(d.glob("turn_*"))]
+    assert folders and all((d / "transcript.json").exists() for d in folders), "sessions without a transcript"
 
 
 def read_events(path: Path) -> list[dict]:
