@@ -22,7 +22,6 @@ OFFICIAL_SNAC = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8
 TINY_SNAC = dict(OFFICIAL_SNAC, encoder_dim=8, decoder_dim=64)
 
 
-
 def is_test_checkpoint(checkpoint_dir: str | Path) -> bool:
     """A test-sized checkpoint (random weights, answers are noise): the official model is 896 wide."""
     try:
@@ -30,6 +29,7 @@ def is_test_checkpoint(checkpoint_dir: str | Path) -> bool:
         return int(cfg.get("n_embd", OFFICIAL_LM["n_embd"])) < 512
     except Exception:  # unreadable or missing: the loader reports that, not the banner
         return False
+
 
 def model_config(lm: dict, whisper_dim: int, vision_dim: int) -> dict:
     """model_config.yaml contents in LitGPT's keys, official values except the body dimensions."""

@@ -173,6 +173,23 @@ def test_bad_inputs_give_clear_messages(engine, tmp_path):
         load_image(str(img))
     with pytest.raises(ValueError, match="colour picture"):
         load_image(np.zeros((4, 4, 3), np.uint8))
+    # a truncated picture, and pictures too large to decode (refused from the header: PIL's own limit is ~179 MP),
+    # as a file and as an upload's bytes
+    from io import BytesIO
+
+    from PIL import Image
+
+    whole = BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(whole, "PNG")
+    (tmp_path / "cut.png").write_bytes(whole.getvalue()[:60])
+    Image.new("1", (13000, 13000)).save(tmp_path / "big.png")
+    Image.new("1", (14000, 14000)).save(tmp_path / "huge.png")
+    for name, message in (("cut.png", "not an image"), ("big.png", "too large"), ("huge.png", "too large")):
+        with pytest.raises(ValueError, match=message):
+            load_image(str(tmp_path / name))
+        with pytest.raises(ValueError, match=message):
+            load_image(BytesIO((tmp_path / name).read_bytes()))
+    assert load_image(BytesIO(whole.getvalue())).shape == (64, 64, 3)
     with pytest.raises(ValueError):
         s.send_upload()
     with pytest.raises(ValueError, match="spoken"):  # a picture alone: the model needs a spoken question with it

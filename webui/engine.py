@@ -1330,7 +1330,8 @@ NOT_AN_IMAGE = "That file is not an image I can read (try PNG or JPEG)."
 
 
 def _read_image_file(path) -> np.ndarray | None:
-    """An image file -> HxWx3 uint8, or None when it is too large (known from the header, before decoding)."""
+    """An image file (path or binary file object) -> HxWx3 uint8, or None when it is too large (known from the
+    header, before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -1348,10 +1349,11 @@ def _read_image_file(path) -> np.ndarray | None:
 
 
 def load_image(image) -> np.ndarray:
-    """Path, PIL image or array -> HxWx3 uint8; clear errors for bad uploads."""
+    """Path, binary file object (an upload's bytes), PIL image or array -> HxWx3 uint8; clear errors for bad
+    uploads."""
     from PIL import Image
 
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path)) or hasattr(image, "read"):
         a = _read_image_file(image)
         if a is None:
             raise ValueError(IMAGE_TOO_LARGE)

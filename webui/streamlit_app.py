@@ -377,16 +377,7 @@ def _read_image(f) -> np.ndarray:
         raise ValueError(f"The image is larger than {MAX_UPLOAD_MB} MB.")
     from io import BytesIO
 
-    return load_image(_pil(BytesIO(f.getvalue())))
-
-
-def _pil(buf):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(buf)
-    except (UnidentifiedImageError, OSError):
-        raise ValueError("That file is not an image I can read (try PNG or JPEG).") from None
+    return load_image(BytesIO(f.getvalue()))  # the engine's reading: size from the header, clear messages
 
 
 def _read_audio(f):
