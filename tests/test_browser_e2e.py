@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -115,34 +116,54 @@ def endless_tiny_checkpoint(d: Path) -> Path:
     return d
 
 
+def chromium(p, profile: Path, mic: Path | None = None, cam: Path | None = None, deny_media: bool = False):
+    """Headless Debian Chromium whose fake microphone and webcam play `mic` and `cam` (or that is refused media)."""
+    args = [f for f in FLAGS if not (deny_media and f == "--use-fake-ui-for-media-stream")]
+    args += ["--deny-permission-prompts"] if deny_media else []
+    args += [f"--use-file-for-fake-audio-capture={mic}%noloop"] if mic else []
+    args += [f"--use-file-for-fake-video-capture={cam}"] if cam else []
+    return p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                accept_downloads=True, viewport={"width": 1400, "height": 1100},
+                                                args=args)
+
+
+@contextmanager
+def running_app(args: list[str], log_path: Path, ready_url: str):
+    """`python app.py ARGS` for the duration of the block, once `ready_url` answers; stopped with SIGTERM."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2)
+                break
+            except Exception:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() - t0 < 120, "the app did not come up"
+                time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()  # SIGTERM ends the app like Ctrl-C: open sessions are closed and their transcripts written
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("the app did not stop on SIGTERM") from None
+        finally:
+            log.close()
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
     ckpt = endless_tiny_checkpoint(tmp / "tiny")
     port, events = free_port(), tmp / "events.jsonl"
-    log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(ckpt), "--port", str(port),
-                             "--events", str(events), "--recordings", str(tmp / "rec"), "--max-new-tokens", "400"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    t0 = time.monotonic()
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except Exception:
-            assert proc.poll() is None, (tmp / "app.log").read_text()
-            assert time.monotonic() - t0 < 120, "app did not come up"
-            time.sleep(0.5)
-    yield url, events, tmp
-    proc.terminate()  # SIGTERM ends the app like Ctrl-C: open sessions are closed and their transcripts written
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("the app did not stop on SIGTERM") from None
-    finally:
-        log.close()
+    with running_app(["--checkpoint", str(ckpt), "--port", str(port), "--events", str(events), "--recordings",
+                      str(tmp / "rec"), "--max-new-tokens", "400"], tmp / "app.log", url):
+        yield url, events, tmp
     folders = [d for d in (tmp / "rec").iterdir() if any(d.glob("turn_*"))]
     assert folders and all((d / "transcript.json").exists() for d in folders), "sessions without a transcript"
 
@@ -174,11 +195,7 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
     mdir, stop_onset_in_file = media
     shot_dir = Path(os.environ.get("WEBUI_SCREENSHOT_DIR", tmp_path))
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, accept_downloads=True,
-            viewport={"width": 1400, "height": 1100},
-            args=FLAGS + [f"--use-file-for-fake-audio-capture={mdir / 'question_then_stop.wav'}%noloop",
-                          f"--use-file-for-fake-video-capture={mdir / 'cam.y4m'}"])
+        ctx = chromium(p, tmp_path / "profile", mic=mdir / "question_then_stop.wav", cam=mdir / "cam.y4m")
         page = ctx.new_page()
         page.add_init_script(INIT_JS)
         page.goto(url, wait_until="load")
@@ -300,9 +317,7 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
 
     url, _, _ = app
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1400, "height": 1100},
-            args=[f for f in FLAGS if f != "--use-fake-ui-for-media-stream"] + ["--deny-permission-prompts"])
+        ctx = chromium(p, tmp_path / "profile", deny_media=True)
         page = ctx.new_page()
         page.goto(url, wait_until="load")
         status = page.locator("#status-line")
@@ -357,9 +372,7 @@ def test_input_mistakes_are_explained_and_stop_pauses_the_recorded_answer(app, t
     not_image = tmp_path / "holiday.png"
     not_image.write_text("this is a text file with an image name")
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1400, "height": 1100},
-            args=FLAGS)
+        ctx = chromium(p, tmp_path / "profile")
         page = ctx.new_page()
         page.goto(url, wait_until="load")
         wait_for(lambda: "Model ready" in page.locator("#status-line").inner_text(), 120, page, "the model")

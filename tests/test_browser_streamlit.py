@@ -12,17 +12,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from test_browser_e2e import CHROMIUM, FLAGS, INIT_JS, endless_tiny_checkpoint, free_port, sh, wait_for
+from test_browser_e2e import INIT_JS, chromium, endless_tiny_checkpoint, free_port, running_app, sh, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAD_S = 1.0  # silence before the question in the fake microphone's file
@@ -53,27 +50,24 @@ def streamlit_app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stapp")
     ckpt = endless_tiny_checkpoint(tmp / "tiny")  # answers run to the budget: 1500 steps take a few seconds
     port = free_port()
-    log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--ui", "streamlit", "--checkpoint", str(ckpt),
-                             "--port", str(port), "--recordings", str(tmp / "rec"), "--max-new-tokens", "1500"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    t0 = time.monotonic()
-    while True:
-        try:
-            urllib.request.urlopen(url + "_stcore/health", timeout=2)
-            break
-        except Exception:
-            assert proc.poll() is None, (tmp / "app.log").read_text()
-            assert time.monotonic() - t0 < 120, "streamlit did not come up"
-            time.sleep(0.5)
-    yield url, tmp
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_app(["--ui", "streamlit", "--checkpoint", str(ckpt), "--port", str(port), "--recordings",
+                      str(tmp / "rec"), "--max-new-tokens", "1500"], tmp / "app.log", url + "_stcore/health"):
+        yield url, tmp
+
+
+def open_page(ctx, url: str, app_dir: Path, init_js: str | None = None):
+    """A new tab on the page once the model has loaded -> (page, sidebar, main area, the server log's tail)."""
+    page = ctx.new_page()
+    if init_js:
+        page.add_init_script(init_js)
+    page.goto(url, wait_until="load")
+
+    def log() -> str:
+        return (app_dir / "app.log").read_text()[-3000:]
+
+    wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load", log)
+    return page, page.locator('[data-testid="stSidebar"]'), page.locator('[data-testid="stMainBlockContainer"]'), log
 
 
 def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, media, tmp_path):
@@ -83,17 +77,8 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
     not_image = tmp_path / "holiday.png"
     not_image.write_text("this is a text file with an image name")
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, accept_downloads=True,
-            viewport={"width": 1400, "height": 1100},
-            args=FLAGS + [f"--use-file-for-fake-audio-capture={media / 'mic.wav'}%noloop",
-                          f"--use-file-for-fake-video-capture={media / 'cam.y4m'}"])
-        page = ctx.new_page()
-        page.goto(url, wait_until="load")
-        sidebar = page.locator('[data-testid="stSidebar"]')
-        main = page.locator('[data-testid="stMainBlockContainer"]')
-        log = lambda: (app_dir / "app.log").read_text()[-3000:]  # noqa: E731
-        wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load", log)
+        ctx = chromium(p, tmp_path / "profile", mic=media / "mic.wav", cam=media / "cam.y4m")
+        page, sidebar, main, log = open_page(ctx, url, app_dir)
 
         def assistant_texts() -> list[str]:
             return main.locator('[data-testid="stChatMessage"]:has([data-testid="stChatMessageAvatarAssistant"])') \
@@ -173,18 +158,9 @@ def test_live_voice_with_webcam_and_stop_omni_barge_in(streamlit_app, media, tmp
 
     url, app_dir = streamlit_app
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, accept_downloads=True,
-            viewport={"width": 1400, "height": 1100},
-            args=FLAGS + [f"--use-file-for-fake-audio-capture={media / 'live.wav'}%noloop",
-                          f"--use-file-for-fake-video-capture={media / 'cam.y4m'}"])
-        page = ctx.new_page()
-        page.add_init_script(INIT_JS)  # every frame: the WebRTC widget's iframe records the speech it receives
-        page.goto(url, wait_until="load")
-        sidebar = page.locator('[data-testid="stSidebar"]')
-        main = page.locator('[data-testid="stMainBlockContainer"]')
-        log = lambda: (app_dir / "app.log").read_text()[-3000:]  # noqa: E731
-        wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load", log)
+        ctx = chromium(p, tmp_path / "profile", mic=media / "live.wav", cam=media / "cam.y4m")
+        # INIT_JS runs in every frame: the WebRTC widget's iframe records the speech it receives
+        page, sidebar, main, log = open_page(ctx, url, app_dir, init_js=INIT_JS)
         page.get_by_text("Webcam", exact=True).click()
         page.wait_for_timeout(1000)
         widget = page.frame_locator('iframe[title*="webrtc"]').first
@@ -238,19 +214,14 @@ def test_denied_microphone_is_explained_and_typed_questions_still_work(streamlit
 
     url, app_dir = streamlit_app
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 1400, "height": 1100},
-            args=[f for f in FLAGS if f != "--use-fake-ui-for-media-stream"] + ["--deny-permission-prompts"])
-        page = ctx.new_page()
-        page.goto(url, wait_until="load")
-        main = page.locator('[data-testid="stMainBlockContainer"]')
-        wait_for(lambda: page.get_by_text("Random weights").count(), 120, page, "the model to load")
+        ctx = chromium(p, tmp_path / "profile", deny_media=True)
+        page, sidebar, main, _ = open_page(ctx, url, app_dir)
         widget = page.frame_locator('iframe[title*="webrtc"]').first
         widget.get_by_role("button", name="Start talking").click()
         wait_for(lambda: "permission denied" in widget.locator("body").inner_text().lower(), 20, page,
                  "the denied-microphone message")
         assert "allow both in its site settings" in main.inner_text()  # and what to do about it
-        page.locator('[data-testid="stSidebar"]').get_by_text("text", exact=True).click()
+        sidebar.get_by_text("text", exact=True).click()
         page.get_by_placeholder("Type a message").fill("hello")
         page.get_by_placeholder("Type a message").press("Enter")
         wait_for(lambda: "steps/s" in main.inner_text(), 60, page, "the typed answer with its figures")
