@@ -151,6 +151,13 @@ def main(argv=None) -> int:
     except OmniInputError as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
+    from webui.engine import EngineConfig
+
+    try:
+        config = EngineConfig.from_options(args)  # both pages: a bad value is said here, not on the page
+    except ValueError as e:
+        print(f"Bad option: {e}", file=sys.stderr)
+        return 2
     err = ensure_checkpoint(args)
     if err:
         print(err, file=sys.stderr)
@@ -158,19 +165,7 @@ def main(argv=None) -> int:
     if args.ui == "streamlit":
         return run_streamlit(args)
 
-    from webui.engine import EngineConfig
     from webui.gradio_app import LoadOptions, OmniApp, launch
-    from webui.interrupt import DEFAULT_PHRASES, parse_phrases
-    from webui.vad import VADConfig
-
-    phrases = parse_phrases(args.phrases) if args.phrases else DEFAULT_PHRASES
-    try:
-        config = EngineConfig(vad=VADConfig(end_silence_s=args.end_silence), policy=args.policy, phrases=phrases,
-                              multi_turn=args.multi_turn, max_new_tokens=args.max_new_tokens,
-                              prebuffer_s=args.prebuffer, early_encode=not args.no_early_encode).validate()
-    except ValueError as e:
-        print(f"Bad option: {e}", file=sys.stderr)
-        return 2
     app = OmniApp(LoadOptions(checkpoint=args.checkpoint, tiny=args.checkpoint == "tiny", device=args.device,
                               dtype=args.dtype, quantize=args.quantize, asr=args.asr, recordings=args.recordings,
                               events_path=args.events, max_voice=args.max_voice, config=config))

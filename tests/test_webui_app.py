@@ -30,6 +30,9 @@ def test_missing_checkpoint_explains_how_to_get_one(tmp_path):
 def test_bad_option_values_are_refused():
     r = run("--checkpoint", "tiny", "--end-silence", "-3")
     assert r.returncode == 2 and "Bad option" in r.stderr and "Traceback" not in r.stderr
+    # the Streamlit page takes the same options: refused before it starts, not reported on the page
+    r = run("--ui", "streamlit", "--checkpoint", "tiny", "--phrases", " , ")
+    assert r.returncode == 2 and "Bad option" in r.stderr and "stop phrase" in r.stderr
     r = run("--policy", "sometimes")
     assert r.returncode == 2 and "invalid choice" in r.stderr
 

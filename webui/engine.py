@@ -77,6 +77,14 @@ class EngineConfig:
     # the answer then skips Whisper, up to end_silence_s - EARLY_ENCODE_AFTER_S sooner
     early_encode: bool = True
 
+    @classmethod
+    def from_options(cls, o) -> "EngineConfig":
+        """From the apps' command-line options (app.py and the Streamlit page take the same ones); validated."""
+        return cls(vad=VADConfig(end_silence_s=o.end_silence), policy=o.policy,
+                   phrases=parse_phrases(o.phrases) if o.phrases else DEFAULT_PHRASES, multi_turn=o.multi_turn,
+                   max_new_tokens=o.max_new_tokens, prebuffer_s=o.prebuffer,
+                   early_encode=not o.no_early_encode).validate()
+
     def validate(self) -> "EngineConfig":
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}")

@@ -27,8 +27,7 @@ import streamlit as st  # noqa: E402
 from omni.tiny import is_test_checkpoint  # noqa: E402
 from webui.engine import (OUT_RATE, Engine, EngineConfig, Session, close_abandoned, freeze_heap,  # noqa: E402
                           load_audio, load_image)
-from webui.interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases  # noqa: E402
-from webui.vad import VADConfig  # noqa: E402
+from webui.interrupt import make_transcriber  # noqa: E402
 
 TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."
 MAX_UPLOAD_MB = 25
@@ -68,10 +67,7 @@ def get_engine(options: tuple) -> Engine:
         from webui.gradio_app import tiny_checkpoint_dir
 
         checkpoint = str(tiny_checkpoint_dir())
-    config = EngineConfig(vad=VADConfig(end_silence_s=args.end_silence), policy=args.policy,
-                          phrases=parse_phrases(args.phrases) if args.phrases else DEFAULT_PHRASES,
-                          multi_turn=args.multi_turn, max_new_tokens=args.max_new_tokens, prebuffer_s=args.prebuffer,
-                          early_encode=not args.no_early_encode).validate()
+    config = EngineConfig.from_options(args)
     model = omni.load_model(checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
     try:  # the stop-command check; without it only the 'any' and 'off' policies interrupt
         transcriber = make_transcriber(args.asr, checkpoint, str(model.device))
