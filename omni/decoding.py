@@ -26,6 +26,9 @@ class DecodingOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    # benchmarks: run the whole budget even past the end of the answer (as vLLM's ignore_eos), so that random
+    # test weights, which may end an answer after a few steps, still time a long one
+    ignore_stop: bool = False
 
     def validate(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -116,7 +119,7 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
             text = vocab.pad_t  # forced below anyway: skip the text head (a fifth of a CPU step)
         else:  # sampling draws the discarded text token too, as the official loop, to keep the random stream
             text = int(sample(lm.text_logits(h[text_row:text_row + 1]))[0])
-        if audio[6] == vocab.eoa:
+        if audio[6] == vocab.eoa and not opts.ignore_stop:
             info["stop"] = "eoa"
             return
         if text_done:
@@ -149,7 +152,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
         ids[0, 7] = text
         h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
         text = int(sample(lm.text_logits(h[:1]))[0])
-        if text == vocab.eot:
+        if text == vocab.eot and not opts.ignore_stop:
             info["stop"] = "eot"
             return
         yield text

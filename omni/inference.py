@@ -21,7 +21,7 @@ from .config import ModelConfig, Vocab
 from .decoding import DecodingOptions, speech_entries, text_entries
 from .errors import CheckpointError, OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
-from .linear import split_long_inputs
+from .linear import TRANSPOSED, choose_small_rows_kernel, small_rows_kernel, split_long_inputs
 from .tokens import (AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt,
                      frames_from_delayed, whisper_frames)
 from .vision import load_vision_encoder, open_image, preprocess
@@ -171,7 +171,11 @@ class Omni:
             say("quantising linear layers to int8 ...")
             quantize_int8(self)
         self.lm.to(self.device, self.dtype)
-        split_long_inputs(self.lm)  # CPU fp32 only: the MLP projections as column blocks (see omni/linear.py)
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            # the faster decoding matmul differs between CPUs (see omni/linear.py): timed here, ~20 ms
+            if choose_small_rows_kernel() == TRANSPOSED:
+                split_long_inputs(self.lm)  # the MLP projections as column blocks: faster with that kernel
+            say(f"decoding matmuls: {small_rows_kernel()}")
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
         self.snac.to(self.device)

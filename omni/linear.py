@@ -1,16 +1,20 @@
 """F.linear with faster CPU fp32 kernels. Same values up to summation order; other devices and dtypes: F.linear.
 
-Measured on a 2-core EPYC (torch 2.x, MKL + oneDNN), fp32:
-- 1-4 rows (decoding): MKL streams an [out, in] weight 3-5x faster through W @ x^T than through F.linear's
-  x @ W^T (20-34 vs 6-10 GB/s), and two rows run faster than one, so a single row is doubled.
-- 5+ rows (prefill, Whisper, CLIP): oneDNN's matmul on the plain weight reaches 180-200 GFLOPS where MKL's
-  sgemm gets 130-160 (prefill shapes: 180 x 896 -> 4864 is 35 % faster).
-- A long `in` (the MLP projection, 4864 -> 896) streams at only ~20 GB/s through W @ x^T. Stored as 4
-  contiguous [out, in/4] blocks and multiplied as a batch, it reaches ~35 GB/s (`Linear.split_input`; a fp32
-  decode step 10 ms faster, prefill ~25 ms slower).
+Which kernel is fastest for decoding depends on the CPU, so `choose_small_rows_kernel` times the two
+candidates once at load (torch 2.13, MKL + oneDNN, fp32, 2 cores, 2 rows x 896 -> 4864):
+- 2-core AMD EPYC: MKL streams an [out, in] weight 3-5x faster through W @ x^T than through F.linear's
+  x @ W^T (20-34 vs 6-10 GB/s), and two rows run faster than one, so a single row is doubled there. A long
+  `in` (the MLP projection, 4864 -> 896) streams at only ~20 GB/s that way; stored as 4 contiguous
+  [out, in/4] blocks and multiplied as a batch it reaches ~35 GB/s (`Linear.split_input`).
+- 2-core Intel Xeon (Sapphire Rapids class): the opposite. F.linear streams at 36-48 GB/s, one row or two,
+  long `in` too; W @ x^T gets 15-16 GB/s for two rows (a decode step 222 ms instead of ~75).
+- 5+ rows (prefill, Whisper, CLIP): oneDNN's matmul on the plain weight reaches 180-200 GFLOPS on both
+  (MKL's sgemm: 130-160 on the EPYC, 170-205 on the Xeon).
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn as nn
@@ -31,7 +35,49 @@ def _onednn_linear():
 
 
 _ONEDNN = _onednn_linear()
-_SMALL_ROWS = 4  # up to this many rows: W @ x^T
+_SMALL_ROWS = 4  # up to this many rows: the decoding kernel below
+TRANSPOSED, PLAIN = "W @ x^T", "F.linear"
+_small_rows_kernel = PLAIN  # until `choose_small_rows_kernel` has timed this CPU
+
+
+def _best_ms(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def choose_small_rows_kernel(out_features: int = 4864, in_features: int = 896, reps: int = 7) -> str:
+    """Time W @ x^T against F.linear for 2 rows on an [out, in] fp32 matrix (the model's MLP width by default)
+    and use the faster for CPU fp32 matmuls of 1-4 rows from now on. Returns TRANSPOSED or PLAIN. ~20 ms.
+
+    The two differ 2.5-5x in opposite directions on the CPUs measured (see the module note), so a few
+    repetitions (best of each, interleaved) are enough to tell them apart on a busy machine.
+    """
+    global _small_rows_kernel
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(out_features, in_features, generator=g), torch.randn(2, in_features, generator=g)
+    with torch.inference_mode():
+        transposed = min(_best_ms(lambda: torch.mm(w, x.t()), 1) for _ in range(reps))
+        plain = min(_best_ms(lambda: F.linear(x, w), 1) for _ in range(reps))
+        transposed = min(transposed, _best_ms(lambda: torch.mm(w, x.t()), reps))
+        plain = min(plain, _best_ms(lambda: F.linear(x, w), reps))
+    _small_rows_kernel = TRANSPOSED if transposed < plain else PLAIN
+    return _small_rows_kernel
+
+
+def small_rows_kernel() -> str:
+    return _small_rows_kernel
+
+
+def set_small_rows_kernel(kernel: str) -> None:
+    """Use this kernel for 1-4 rows (tests compare the two; `choose_small_rows_kernel` times them)."""
+    global _small_rows_kernel
+    if kernel not in (TRANSPOSED, PLAIN):
+        raise ValueError(f"kernel must be {TRANSPOSED!r} or {PLAIN!r}")
+    _small_rows_kernel = kernel
 
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,6 +89,8 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if _ONEDNN is None:
             return F.linear(x, weight, bias)
         return _ONEDNN(x.contiguous(), weight.contiguous(), bias, "none", [], "")
+    if _small_rows_kernel == PLAIN:
+        return F.linear(x, weight, bias)
     # the W @ x^T path needs x row-major (x^T as a transposed view); the copies are a few KB
     x2 = x.reshape(rows, x.shape[-1]).contiguous()
     if rows == 1:
@@ -94,7 +142,8 @@ def blocked_linear(x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor | N
 
 
 def split_long_inputs(model: nn.Module, min_in: int = 2048, n_blocks: int = 4) -> int:
-    """`split_input` on every fp32 CPU `Linear` of `model` with at least `min_in` inputs; returns how many."""
+    """`split_input` on every fp32 CPU `Linear` of `model` with at least `min_in` inputs; returns how many.
+    Only worth it where W @ x^T is the decoding kernel (with F.linear the blocks would be slower)."""
     n = 0
     for m in model.modules():
         if type(m) is Linear and m.blocks is None and m.in_features >= min_in and m.in_features % n_blocks == 0 \

@@ -97,6 +97,25 @@ def test_stop_before_the_step_whose_layer_6_is_eoa_but_not_at_entry_0():
     assert info["stop"] == "eoa"
 
 
+def test_ignore_stop_runs_the_whole_budget_with_the_same_entries_before_the_stop():
+    """Benchmarks time a long answer even where random weights end it early (vLLM's ignore_eos)."""
+    def audio(s, row):
+        c = codes(s)
+        if s == 4:
+            c[6] = V.eoa
+        return c
+    _, stopped, _ = run_speech(lambda s, r: 100 + s, audio)
+    lm = ScriptedLM(lambda s, r: 100 + s, audio)
+    info = {}
+    entries = list(speech_entries(lm, V, prefill(2), 10, DecodingOptions(ignore_stop=True), None, info))
+    assert len(stopped) == 4 and len(entries) == 10 and entries[:4] == stopped
+    assert entries[4][6] == V.eoa and info["stop"] == "budget"
+    script = {1: 7, 2: V.eot}
+    lm = ScriptedLM(lambda s, r: script.get(s, 9), lambda s, r: [0] * 7)
+    out = list(text_entries(lm, V, prefill(1), 6, DecodingOptions(ignore_stop=True), None, info))
+    assert out == [9, 7, V.eot, 9, 9, 9] and info["stop"] == "budget"
+
+
 def test_eot_is_fed_back_once_then_text_is_forced_to_pad():
     lm, entries, _ = run_speech(lambda s, r: V.eot if s == 2 else 100 + s, lambda s, r: codes(s), n=7)
     assert [e[7] for e in entries] == [100, 101, V.eot, V.pad_t, V.pad_t, V.pad_t, V.pad_t]

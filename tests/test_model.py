@@ -72,9 +72,20 @@ def test_lm_logits_match_transformers_qwen2_in_prefill_and_cached_decode(tiny_mo
                                                         audio.flatten(1)], dim=-1).argmax(-1))
 
 
+@pytest.fixture(params=["W @ x^T", "F.linear"])
+def small_rows_kernel(request):
+    """Each decoding kernel in turn (the one in use is chosen by timing at load), restored afterwards."""
+    from omni import linear
+
+    before = linear.small_rows_kernel()
+    linear.set_small_rows_kernel(request.param)
+    yield request.param
+    linear.set_small_rows_kernel(before)
+
+
 @pytest.mark.parametrize("shape", [(1, 24), (2, 24), (2, 1, 24), (3, 24), (4, 1, 24), (5, 24), (3, 7, 24), (64, 24), (0, 24)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_fast_linear_matches_f_linear(shape, bias):
+def test_fast_linear_matches_f_linear(shape, bias, small_rows_kernel):
     from omni.linear import fast_linear
 
     g = torch.Generator().manual_seed(0)
@@ -88,7 +99,7 @@ def test_fast_linear_matches_f_linear(shape, bias):
 
 @pytest.mark.parametrize("shape", [(1, 48), (2, 48), (2, 1, 48), (4, 48), (5, 48), (3, 7, 48), (0, 48)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_a_linear_split_into_column_blocks_computes_the_same(shape, bias):
+def test_a_linear_split_into_column_blocks_computes_the_same(shape, bias, small_rows_kernel):
     from omni.linear import Linear
 
     torch.manual_seed(0)
@@ -99,6 +110,34 @@ def test_a_linear_split_into_column_blocks_computes_the_same(shape, bias):
     assert not hasattr(lin, "weight") and lin.blocks.shape == (4, 40, 12)  # no second copy of the weight
     got = lin(x)
     assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
+def test_the_decoding_kernel_is_chosen_by_timing_both(monkeypatch):
+    """choose_small_rows_kernel picks whichever of W @ x^T and F.linear ran faster (here made slow on purpose)."""
+    import time
+
+    from omni import linear
+
+    before = linear.small_rows_kernel()
+    real_mm = torch.mm
+    try:
+        def slow_mm(*args):
+            time.sleep(0.002)
+            return real_mm(*args)
+        monkeypatch.setattr(torch, "mm", slow_mm)
+        assert linear.choose_small_rows_kernel(64, 32, reps=2) == linear.PLAIN == linear.small_rows_kernel()
+        monkeypatch.setattr(torch, "mm", real_mm)
+        real_linear = F.linear
+
+        def slow_linear(*args):
+            time.sleep(0.002)
+            return real_linear(*args)
+        monkeypatch.setattr(linear.F, "linear", slow_linear)
+        assert linear.choose_small_rows_kernel(64, 32, reps=2) == linear.TRANSPOSED == linear.small_rows_kernel()
+    finally:
+        linear.set_small_rows_kernel(before)
+    with pytest.raises(ValueError):
+        linear.set_small_rows_kernel("cuBLAS")
 
 
 @torch.inference_mode()
