@@ -159,8 +159,9 @@ def run_bench(a) -> dict:
     out = {
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "decode_matmul": small_rows_kernel(),
+        **({"int8_engines": model.int8_engines} if model.int8_engines else {}),
         "prompt_length": prompt.length, "load_s": round(load_s, 2),
-        "prefill_ms": round(prefill_s * 1000, 1), "decode_ms_per_step": round(decode_ms, 1),
+        "prefill_ms": round(prefill_s * 1000, 1), "decode_steps": len(times), "decode_ms_per_step": round(decode_ms, 1),
         "steps_per_s": round(1000 / decode_ms, 2),
         "ttfa_s": round(statistics.median(ttfas), 3) if ttfas else None,
         "ttfa_runs_s": [round(t, 3) for t in ttfas],

@@ -128,6 +128,7 @@ class Omni:
         self.device = check_options(device, dtype, quantize)
         self.dtype = DTYPES[dtype]
         self.quantize = None if quantize in (None, "none") else quantize
+        self.int8_engines: dict[str, str] = {}  # quantised engine each part was packed for (int8 only)
         self._last_audio: tuple[bytes, torch.Tensor] | None = None  # (digest of the samples, their features)
         t0 = time.perf_counter()
         # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading
@@ -169,7 +170,8 @@ class Omni:
             from .quantize import quantize_int8
 
             say("quantising linear layers to int8 ...")
-            quantize_int8(self)
+            self.int8_engines = quantize_int8(self)
+            say(f"int8 packed for: LM {self.int8_engines['lm']}, Whisper {self.int8_engines['whisper']}")
         self.lm.to(self.device, self.dtype)
         if self.device.type == "cpu" and self.dtype == torch.float32:
             # the faster decoding matmul differs between CPUs (see omni/linear.py): timed here, ~20 ms

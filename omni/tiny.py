@@ -49,9 +49,11 @@ def _randn(gen: torch.Generator, *shape, std: float = 0.02) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=gen) * std
 
 
-def write_lm(path: Path, cfg: dict, gen: torch.Generator) -> None:
-    """Random LM weights scaled so greedy outputs vary, and with the eot/eoa rows boosted so that random models
-    still end their answers now and then (tests see the stop rules happen on a real forward pass)."""
+def write_lm(path: Path, cfg: dict, gen: torch.Generator, boost_stops: bool = True) -> None:
+    """Random LM weights scaled so greedy outputs vary. With `boost_stops` the eot/eoa rows are boosted so that
+    random models still end their answers now and then (tests see the stop rules happen on a real forward pass);
+    benchmark checkpoints leave them alone, so that the official code, which has no way to go on past an eoa,
+    can be timed on a long answer too."""
     from .config import ModelConfig, Vocab
     from .model import OmniLM
 
@@ -72,9 +74,10 @@ def write_lm(path: Path, cfg: dict, gen: torch.Generator) -> None:
             state[k] = _randn(gen, *shape, std=4.0 / shape[-1] ** 0.5)
     v = Vocab.of(c)
     wte = state["transformer.wte.weight"]
-    wte[v.eot] *= 2.0
-    for layer in range(7):
-        wte[v.layershift(v.eoa, layer)] *= 2.0
+    if boost_stops:
+        wte[v.eot] *= 2.0
+        for layer in range(7):
+            wte[v.layershift(v.eoa, layer)] *= 2.0
     state["lm_head.weight"] = wte.clone()  # stored twice, as in the official file
     torch.save(state, path)
 
@@ -181,7 +184,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = F
     cfg = model_config(lm, wh["n_audio_state"], clip["embed_dim"])
     (out / "model_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     write_tokenizer(out / "tokenizer.json")
-    write_lm(out / "lit_model.pth", cfg, gen)
+    write_lm(out / "lit_model.pth", cfg, gen, boost_stops=not full_size)
     write_whisper(out / "small.pt", wh, gen)
     write_clip(out / "ViT-B-32.pt", clip, gen)
     write_snac(out / "snac_24khz", snac, gen)

@@ -107,3 +107,22 @@ def test_untied_head_warns_and_wte_is_used(ckpt_copy):
     with pytest.warns(UserWarning, match="using wte for both"):
         m = omni.load_model(ckpt_copy)
     assert torch.equal(m.lm.lm_head.weight, sd["transformer.wte.weight"])
+
+
+def test_benchmark_checkpoints_leave_the_stop_rows_alone(tmp_path):
+    """Test checkpoints boost the eot/eoa embedding rows (random answers end now and then); benchmark ones
+    (--full-size) do not, so the official code, which cannot go on past an eoa, times a long answer too."""
+    from omni.config import ModelConfig, Vocab
+    from omni.tiny import TINY_LM, model_config, write_lm
+
+    cfg = model_config(TINY_LM, 64, 32)
+    rows = {}
+    for boost in (True, False):
+        write_lm(tmp_path / f"{boost}.pth", cfg, torch.Generator().manual_seed(0), boost_stops=boost)
+        rows[boost] = torch.load(tmp_path / f"{boost}.pth", weights_only=True)["transformer.wte.weight"]
+    v = Vocab.of(ModelConfig.from_dict(cfg))
+    stops = [v.eot] + [v.layershift(v.eoa, j) for j in range(7)]
+    assert torch.equal(rows[True][stops], 2 * rows[False][stops])
+    others = torch.ones(rows[True].shape[0], dtype=torch.bool)
+    others[stops] = False
+    assert torch.equal(rows[True][others], rows[False][others])

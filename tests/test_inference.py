@@ -256,3 +256,44 @@ def test_a_request_reuses_the_features_of_the_audio_just_encoded(tiny_model, med
     assert got.text_ids == fresh.text_ids and got.audio_ids == fresh.audio_ids
     again = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)  # other audio: encoded anew
     assert len(calls) == 3 and again.text_ids == want.text_ids and again.audio_ids == want.audio_ids
+
+
+def test_int8_parts_are_packed_for_the_engine_timed_fastest(monkeypatch):
+    """fastest_engine times each quantised engine's packing of one matmul and keeps the quickest."""
+    import time
+
+    from omni import quantize
+
+    assert len(quantize.engines()) >= 2  # the pinned CPU torch ships x86 (fbgemm) and oneDNN
+    slow = quantize.engines()[0]
+    real = quantize._dynamic
+
+    def packed_with_delay(module, engine=None):
+        out = real(module, engine)
+        if engine == slow:
+            forward = out.forward
+            out.forward = lambda x: (time.sleep(0.003), forward(x))[1]
+        return out
+    monkeypatch.setattr(quantize, "_dynamic", packed_with_delay)
+    assert quantize.fastest_engine(8, 32, 16, reps=2) == quantize.engines()[1]
+
+
+@torch.inference_mode()
+def test_int8_packings_give_the_same_values():
+    """The engine choice is speed only: x86/fbgemm and oneDNN packings of one weight compute the same."""
+    import copy
+
+    from omni import quantize
+
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(48, 40), torch.randn(30, 48)
+    outs = [quantize._dynamic(torch.nn.Sequential(copy.deepcopy(lin)), e)(x) for e in quantize.engines()]
+    assert all(torch.allclose(o, outs[0], atol=1e-5) for o in outs)
+    assert torch.allclose(outs[0], lin(x), atol=0.05)  # and approximate the float layer
+
+
+def test_int8_load_reports_its_engines(tiny_ckpt):
+    m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
+    assert set(m.int8_engines) == {"lm", "whisper"}
+    from omni import quantize
+    assert set(m.int8_engines.values()) <= set(quantize.engines())
