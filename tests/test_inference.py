@@ -206,13 +206,14 @@ def test_budget_error_comes_before_the_encoders_run(tiny_model, media, monkeypat
 
 
 def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
-    """load_snac bakes weight norms, runs Snake in place and the dilated depthwise convolutions as shifted
-    multiply-adds; the waveform must stay the snac package's own (same noise seed)."""
+    """load_snac bakes weight norms, runs Snake in place, the dilated depthwise convolutions as shifted
+    multiply-adds and the pointwise and upsampling ones as matrix products; the waveform must stay the snac
+    package's own (same noise seed)."""
     import json
 
     from snac import SNAC
 
-    from omni.codec import _is_dilated_depthwise
+    from omni.codec import _is_dilated_depthwise, _is_pointwise, _is_upsampling
     from omni.tokens import frames_to_codes
 
     d = tiny_ckpt / "snac_24khz"
@@ -220,7 +221,8 @@ def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
     ref.load_state_dict(torch.load(d / "pytorch_model.bin", weights_only=True))
     ref.eval()
     ours = tiny_model.snac
-    assert sum(_is_dilated_depthwise(m) for m in ours.decoder.modules()) >= 2  # the fast path is in use
+    for fast_path in (_is_dilated_depthwise, _is_pointwise, _is_upsampling):  # each is in use
+        assert sum(fast_path(m) for m in ours.decoder.modules()) >= 2, fast_path.__name__
     rng = np.random.RandomState(1)
     codes = frames_to_codes([list(rng.randint(0, 4096, 7)) for _ in range(9)])
     with torch.inference_mode():
@@ -297,3 +299,23 @@ def test_int8_load_reports_its_engines(tiny_ckpt):
     assert set(m.int8_engines) == {"lm", "whisper"}
     from omni import quantize
     assert set(m.int8_engines.values()) <= set(quantize.engines())
+
+
+@pytest.mark.parametrize("stride,batch,bias", [(8, 1, True), (4, 2, True), (2, 1, False), (3, 1, True), (5, 2, False)])
+@torch.inference_mode()
+def test_upsampling_as_a_matrix_product_matches_conv_transpose(stride, batch, bias):
+    """SNAC's padding (ceil(s/2)) and output_padding (s % 2) for any stride, batches, with and without bias."""
+    import math
+    import types
+
+    from omni.codec import _is_upsampling, _upsampling
+
+    torch.manual_seed(stride)
+    conv = torch.nn.ConvTranspose1d(12, 6, 2 * stride, stride, padding=math.ceil(stride / 2),
+                                    output_padding=stride % 2, bias=bias)
+    x = torch.randn(batch, 12, 9)
+    want = conv(x)
+    assert _is_upsampling(conv)
+    conv.forward = types.MethodType(_upsampling, conv)
+    got = conv(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
