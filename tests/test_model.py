@@ -267,3 +267,37 @@ def test_shared_prefix_prefill_equals_the_full_batch_prefill(tiny_model, media):
     assert torch.allclose(h_shared, h_full, atol=1e-4), (h_shared - h_full).abs().max()
     L = prompt.length
     assert all(torch.allclose(a[:, :, :L], b[:, :, :L], atol=1e-4) for a, b in zip(shared.k + shared.v, full.k + full.v))
+
+
+@torch.inference_mode()
+def test_whisper_attention_in_bfloat16_approximates_float32(tiny_model, media):
+    """int8 mode may run Whisper's attention in bf16 (where the CPU is faster in it): close to the fp32 features,
+    and the fp32 path (parity mode) is untouched by the option's default."""
+    from omni.audio import load_audio, log_mel, whisper_encode
+
+    mel = log_mel(load_audio(media["speech16k"]))[None]
+    want = whisper_encode(tiny_model.whisper, mel)
+    assert torch.equal(whisper_encode(tiny_model.whisper, mel, attention_dtype=torch.float32), want)
+    got = whisper_encode(tiny_model.whisper, mel, attention_dtype=torch.bfloat16)
+    assert got.dtype == want.dtype and not torch.equal(got, want)
+    assert ((got - want).norm() / want.norm()) < 0.02
+
+
+def test_whisper_attention_dtype_is_chosen_by_timing(tiny_model, monkeypatch):
+    import time
+
+    from omni import audio
+
+    real = F.scaled_dot_product_attention
+
+    def slow_in(dtype):
+        def sdpa(q, k, v, *a, **kw):
+            if q.dtype == dtype:
+                time.sleep(0.01)
+            return real(q, k, v, *a, **kw)
+        return sdpa
+    dims = tiny_model.whisper_dims
+    monkeypatch.setattr(audio.F, "scaled_dot_product_attention", slow_in(torch.bfloat16))
+    assert audio.faster_attention_dtype(dims) is None
+    monkeypatch.setattr(audio.F, "scaled_dot_product_attention", slow_in(torch.float32))
+    assert audio.faster_attention_dtype(dims) == torch.bfloat16
