@@ -28,15 +28,21 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """LitGPT's LLaMAMLP (also the whisper/vision adapters): proj(silu(fc_1 x) * fc_2 x)."""
+    """LitGPT's LLaMAMLP (also the whisper/vision adapters): proj(silu(fc_1 x) * fc_2 x).
+
+    A speed mode may replace fc_1 and fc_2 by one module computing both (`gate_up`: [fc_1 x, fc_2 x])."""
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int):
         super().__init__()
+        self.gate_up: nn.Module | None = None
         self.fc_1 = Linear(d_in, d_hidden, bias=False)
         self.fc_2 = Linear(d_in, d_hidden, bias=False)
         self.proj = Linear(d_hidden, d_out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.proj(F.silu(gate) * up)
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
 
 

@@ -339,3 +339,15 @@ def test_loading_leaves_glibc_keeping_freed_heap(tiny_ckpt, monkeypatch):
     final = dict(calls)  # the last value set for each parameter
     assert final[-3] == 32 << 20  # M_MMAP_THRESHOLD
     assert final[-1] >= 256 << 20  # M_TRIM_THRESHOLD
+
+
+@torch.inference_mode()
+def test_int8_fuses_each_blocks_gate_and_up_projection(tiny_ckpt, tiny_model):
+    """int8 decodes with one [fc_1; fc_2] layer per block, quantised per output channel: close to the fp32 MLP."""
+    m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
+    x = torch.randn(2, 1, m.cfg.n_embd, generator=torch.Generator().manual_seed(0))
+    for ours, ref in zip(m.lm.transformer.h, tiny_model.lm.transformer.h):
+        assert ours.mlp.gate_up is not None and not hasattr(ours.mlp, "fc_1") and not hasattr(ours.mlp, "fc_2")
+        got, want = ours.mlp(x).flatten(), ref.mlp(x).flatten()
+        assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.99
+    assert m.lm.whisper_adapter.gate_up is None  # the adapters run once a request: left as they were
