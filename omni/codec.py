@@ -93,7 +93,8 @@ def _upsampling(self, x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu":
         return torch.nn.ConvTranspose1d.forward(self, x)
     if getattr(self, "_taps", None) is None or self._taps.dtype != self.weight.dtype:
-        # [C_in, C_out, 2s] -> [C_out * 2s, C_in]: row (c, j) gives output tap j of channel c
+        # [C_in, C_out, 2s] -> [C_out * 2s, C_in]: row (c, j) gives output tap j of channel c. A copy (43 MB for
+        # SNAC 24 kHz): the transposed view of the weight multiplied 20-40 % slower in the decoder
         self._taps = self.weight.detach().permute(1, 2, 0).reshape(-1, self.in_channels).contiguous()
     B, _, T = x.shape
     s, pad, c_out = self.stride[0], self.padding[0], self.out_channels

@@ -6,8 +6,9 @@ candidates once at load (torch 2.13, MKL + oneDNN, fp32, 2 cores, 2 rows x 896 -
   x @ W^T (20-34 vs 6-10 GB/s), and two rows run faster than one, so a single row is doubled there. A long
   `in` (the MLP projection, 4864 -> 896) streams at only ~20 GB/s that way; stored as 4 contiguous
   [out, in/4] blocks and multiplied as a batch it reaches ~35 GB/s (`Linear.split_input`).
-- 2-core Intel Xeon (Sapphire Rapids class): the opposite. F.linear streams at 36-48 GB/s, one row or two,
-  long `in` too; W @ x^T gets 15-16 GB/s for two rows (a decode step 222 ms instead of ~75).
+- 2-core Intel Xeon (Sapphire Rapids class): the opposite. F.linear streams a matrix held in its 300 MB L3 at
+  36-48 GB/s, one row or two, long `in` too; W @ x^T gets 15-16 GB/s for two rows (a fp32 decode step, which
+  streams 2.1 GB from memory at ~20 GB/s, took 222 instead of 116-130 ms with it).
 - 5+ rows (prefill, Whisper, CLIP): oneDNN's matmul on the plain weight reaches 180-200 GFLOPS on both
   (MKL's sgemm: 130-160 on the EPYC, 170-205 on the Xeon).
 """
