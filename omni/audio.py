@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import warnings
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError, OmniInputError, check_input_file
-from .linear import fast_linear_cast
+from .linear import best_ms, fast_linear_cast
 
 SAMPLE_RATE = 16000
 N_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window
@@ -155,20 +153,15 @@ def faster_attention_dtype(dims, candidates=(torch.bfloat16,), reps: int = 2) ->
     shape = (1, dims.n_audio_head, dims.n_audio_ctx, dims.n_audio_state // dims.n_audio_head)
     q, k, v = (torch.randn(shape, generator=g) for _ in range(3))
 
-    def best_ms(dtype) -> float:
+    def attention_ms(dtype) -> float:
         qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
         F.scaled_dot_product_attention(qq, kk, vv)  # first call sets up the kernel
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            F.scaled_dot_product_attention(qq, kk, vv)
-            best = min(best, time.perf_counter() - t0)
-        return best
+        return best_ms(lambda: F.scaled_dot_product_attention(qq, kk, vv), reps)
 
     with torch.inference_mode():
-        fp32 = best_ms(torch.float32)
+        fp32 = attention_ms(torch.float32)
         for dtype in candidates:
-            if best_ms(dtype) < 0.8 * fp32:
+            if attention_ms(dtype) < 0.8 * fp32:
                 return dtype
     return None
 
