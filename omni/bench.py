@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import statistics
@@ -108,6 +109,21 @@ def first_audio_s(model, question, max_steps: int) -> float | None:
     return None
 
 
+def screen_stats(lm) -> dict | str:
+    """How the int8 screens of the greedy heads did (omni/screen.py): rows re-scored per call, full-head fallbacks."""
+    if lm.screens is None:
+        return "off"
+    return {name: s.stats() for name, s in zip(("text", "audio"), lm.screens)}
+
+
+def full_heads(model):
+    """The same loaded model (shared weights) computing its greedy ids from the whole fp32 heads."""
+    ref = copy.copy(model)
+    ref.lm = copy.copy(model.lm)
+    ref.lm.screens = None
+    return ref
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else what platform knows."""
     try:
@@ -124,6 +140,8 @@ def run_bench(a) -> dict:
     t0 = time.perf_counter()
     model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True)
     load_s = time.perf_counter() - t0
+    if a.no_screen:
+        model.lm.screens = None
     question = spoken_question(a.seconds)
     prompt, x = model.prepare("A1A2", audio=question)
     # warm-up (allocator, kernels), then the timed loop
@@ -160,6 +178,7 @@ def run_bench(a) -> dict:
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "decode_matmul": small_rows_kernel(),
         **({"int8_engines": model.int8_engines} if model.int8_engines else {}),
+        "head_screen": screen_stats(model.lm),
         "prompt_length": prompt.length, "load_s": round(load_s, 2),
         "prefill_ms": round(prefill_s * 1000, 1), "decode_steps": len(times), "decode_ms_per_step": round(decode_ms, 1),
         "steps_per_s": round(1000 / decode_ms, 2),
@@ -176,7 +195,10 @@ def run_bench(a) -> dict:
         out["gpu_peak_mem_mb"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 0)
     if a.agreement:
         if a.dtype == "float32" and not a.quantize:
-            out["token_agreement"] = {"note": "fp32 is the reference itself"}
+            if model.lm.screens is None:
+                out["token_agreement"] = {"note": "fp32 is the reference itself"}
+            else:  # the screened greedy heads against the whole fp32 heads, on the same weights
+                out["token_agreement"] = token_agreement(model, full_heads(model), a.agreement)
         else:
             ref = load_model(a.checkpoint, a.snac, "cpu", "float32", None)
             out["token_agreement"] = token_agreement(model, ref, a.agreement)

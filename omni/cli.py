@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "median (default 3: the streamed answer and 2 more)")
     b.add_argument("--json", help="write the figures here as JSON")
     b.add_argument("--agreement", type=int, default=0, metavar="N",
-                   help="also measure token agreement with fp32 over N prompts (speed modes)")
+                   help="also measure token agreement with fp32 over N prompts (speed modes; in fp32: the "
+                   "int8-screened greedy heads against the full fp32 heads)")
+    b.add_argument("--no-screen", action="store_true",
+                   help="CPU fp32: compute the whole fp32 head for greedy ids (no int8 screen), to compare")
     return ap
 
 

@@ -58,6 +58,14 @@ class Sampler:
             else:
                 self.gen.seed()
 
+    def text(self, lm: OmniLM, h: torch.Tensor) -> int:
+        """The text id for hidden state h [1, D] (greedy: the model's argmax, which may skip most of the head)."""
+        return int(lm.text_argmax(h)[0] if self.opts.greedy else self(lm.text_logits(h))[0])
+
+    def audio(self, lm: OmniLM, h: torch.Tensor) -> list[int]:
+        """The 7 audio-layer ids for hidden state h [1, D]."""
+        return (lm.audio_argmax(h) if self.opts.greedy else self(lm.audio_logits(h)))[0].tolist()
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [..., V] -> ids [...]"""
         if self.opts.greedy:
@@ -98,8 +106,8 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
     sample = Sampler(opts, x.device)
     cache = lm.new_cache(B, L + n_entries)
     h = lm.prefill(x, cache)
-    audio = sample(lm.audio_logits(h[:1]))[0].tolist()
-    text = int(sample(lm.text_logits(h[text_row:text_row + 1]))[0])
+    audio = sample.audio(lm, h[:1])
+    text = sample.text(lm, h[text_row:text_row + 1])
     info["stop"] = "budget"
     yield audio + [text]  # entry 0: an eot here does not start pad forcing, an eoa here does not stop
     text_done = False
@@ -114,11 +122,11 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
         ids[0, :7] = shift + torch.tensor(audio, device=x.device)
         ids[:, 7] = text
         h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
-        audio = sample(lm.audio_logits(h[:1]))[0].tolist()
+        audio = sample.audio(lm, h[:1])
         if text_done and opts.greedy:
             text = vocab.pad_t  # forced below anyway: skip the text head (a fifth of a CPU step)
         else:  # sampling draws the discarded text token too, as the official loop, to keep the random stream
-            text = int(sample(lm.text_logits(h[text_row:text_row + 1]))[0])
+            text = sample.text(lm, h[text_row:text_row + 1])
         if audio[6] == vocab.eoa and not opts.ignore_stop:
             info["stop"] = "eoa"
             return
@@ -141,7 +149,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
     sample = Sampler(opts, x.device)
     cache = lm.new_cache(B, L + n_entries)
     h = lm.prefill(x, cache)
-    text = int(sample(lm.text_logits(h[:1]))[0])
+    text = sample.text(lm, h[:1])
     info["stop"] = "budget"
     yield text
     ids = torch.tensor([[vocab.layershift(vocab.pad_a, i) for i in range(N_AUDIO_LAYERS)] + [0]], device=x.device)
@@ -151,7 +159,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
             return
         ids[0, 7] = text
         h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
-        text = int(sample(lm.text_logits(h[:1]))[0])
+        text = sample.text(lm, h[:1])
         if text == vocab.eot and not opts.ignore_stop:
             info["stop"] = "eot"
             return

@@ -146,6 +146,7 @@ class OmniLM(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # tied: wte is the shared matrix (spec 1.5)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.split_heads: nn.ModuleList | None = None  # set by quantisation: [text head, audio heads]
+        self.screens: tuple | None = None  # set by `screen_heads`: int8-screened greedy [text, audio] heads
 
     # -- inputs -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
@@ -217,3 +218,30 @@ class OmniLM(nn.Module):
         else:
             out = fast_linear(h, self.lm_head.weight[self.cfg.text_vocab_size:])
         return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)
+
+    def text_argmax(self, h: torch.Tensor) -> torch.Tensor:
+        """[1, D] -> the greedy text id [1] (the same as text_logits(h).argmax(-1))."""
+        if self._screened(h):
+            return self.screens[0](h)
+        return self.text_logits(h).argmax(dim=-1)
+
+    def audio_argmax(self, h: torch.Tensor) -> torch.Tensor:
+        """[1, D] -> the greedy ids of the 7 audio layers [1, 7] (the same as audio_logits(h).argmax(-1))."""
+        if self._screened(h):
+            return self.screens[1](h)[None]
+        return self.audio_logits(h).argmax(dim=-1)
+
+    def _screened(self, h: torch.Tensor) -> bool:
+        return self.screens is not None and h.shape[0] == 1 and h.dtype == torch.float32 and h.device.type == "cpu"
+
+    def screen_heads(self) -> bool:
+        """Greedy decoding on a CPU in fp32: take the head's argmax through an int8 screen (omni/screen.py),
+        which reads a quarter of the head's bytes and gives the same ids. False where it does not apply."""
+        from .screen import ScreenedArgmax, screens_work
+
+        w = self.lm_head.weight
+        if self.split_heads is not None or w.dtype != torch.float32 or w.device.type != "cpu" or not screens_work():
+            return False
+        w, text = w.detach(), self.cfg.text_vocab_size  # row slices of the shared matrix: views, no copies
+        self.screens = (ScreenedArgmax(w[:text]), ScreenedArgmax(w[text:], groups=7))
+        return True

@@ -47,6 +47,12 @@ class ScriptedLM:
         out[0, self.text_script(self.step, self._row(h))] = 1.0
         return out
 
+    def text_argmax(self, h):  # as OmniLM without a screen
+        return self.text_logits(h).argmax(dim=-1)
+
+    def audio_argmax(self, h):
+        return self.audio_logits(h).argmax(dim=-1)
+
     def audio_logits(self, h):
         out = torch.zeros(h.shape[0], 7, V.audio_vocab_size)
         for j, tok in enumerate(self.audio_script(self.step, self._row(h))):

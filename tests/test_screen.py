@@ -1,0 +1,118 @@
+"""The int8 screen of the greedy heads (omni/screen.py): its error bounds hold, and its argmax is the fp32 one —
+for ordinary and outlier-heavy activations, near-ties, exact ties, groups, and the fallbacks."""
+
+import torch
+
+import omni
+from omni.screen import ScreenedArgmax, screens_work
+
+
+
+def test_this_torch_has_the_ops_the_screen_needs():
+    assert screens_work()  # the pinned CPU torch: oneDNN's quantised linear, exact int32 sums
+
+
+def exact_scores(w, x):
+    return (w.double() @ x.double().reshape(-1)).float()
+
+
+def activations(g, d, n):
+    """Gaussian, heavy-tailed, a few huge outlier dimensions (as LLM hidden states have), tiny, and sparse."""
+    out = []
+    for i in range(n):
+        x = torch.randn(d, generator=g)
+        kind = i % 5
+        if kind == 1:
+            x = x ** 3
+        elif kind == 2:
+            x[torch.randint(0, d, (3,), generator=g)] *= 200
+        elif kind == 3:
+            x *= 1e-6
+        elif kind == 4:
+            x[torch.rand(d, generator=g) < 0.9] = 0
+        out.append(x)
+    return out
+
+
+def test_bounds_hold_and_argmax_is_the_fp32_one():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4000, 96, generator=g) * torch.rand(4000, 1, generator=g)  # rows of different norms
+    w[7] *= 50  # one outlier row
+    screen = ScreenedArgmax(w)
+    for x in activations(g, 96, 40):
+        a, b = screen.approximate(x)
+        exact = exact_scores(w, x)
+        assert bool(((exact - a).abs() <= b).all())
+        assert int(screen(x)[0]) == int(exact.argmax())
+    assert screen.calls == 40
+    # the screen lets few rows through: most of the head is never read in fp32
+    assert screen.candidates / max(1, screen.calls - screen.fallbacks) < 400
+
+
+def test_groups_take_their_own_argmax():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(7 * 300, 64, generator=g)
+    screen = ScreenedArgmax(w, groups=7)
+    for x in activations(g, 64, 20):
+        assert torch.equal(screen(x), exact_scores(w, x).view(7, -1).argmax(dim=1))
+
+
+def test_exact_ties_go_to_the_first_index_and_near_ties_are_resolved_in_fp32():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(2000, 64, generator=g)
+    x = torch.randn(64, generator=g)
+    top = w[int(exact_scores(w, x).argmax())].clone()
+    w[1500] = top  # two exact copies: the first of them is the argmax
+    w[1700] = top
+    w[1800] = top * (1 - 1e-6)  # a near-tie far below the int8 resolution
+    assert int(ScreenedArgmax(w)(x)[0]) == int(exact_scores(w, x).argmax()) == min(1500, int(exact_scores(w, x).argmax()))
+    w[1200] = top * (1 + 1e-6)  # ... and one just above: it wins
+    assert int(ScreenedArgmax(w)(x)[0]) == int(exact_scores(w, x).argmax()) == 1200
+
+
+def test_too_many_candidates_fall_back_to_the_whole_head():
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(1, 64, generator=g)
+    w = base + 1e-4 * torch.randn(3000, 64, generator=g)  # every row within the int8 error of every other
+    screen = ScreenedArgmax(w)
+    x = torch.randn(64, generator=g)
+    assert int(screen(x)[0]) == int(exact_scores(w, x).argmax())
+    assert screen.fallbacks == 1
+
+
+def test_non_finite_activations_use_the_whole_head():
+    w = torch.randn(500, 32, generator=torch.Generator().manual_seed(5))
+    x = torch.ones(32)
+    x[3] = float("inf")
+    screen = ScreenedArgmax(w)
+    assert int(screen(x)[0]) == int((w @ x).argmax())
+
+
+def test_the_weights_are_not_copied_or_changed():
+    w = torch.randn(1000, 32, generator=torch.Generator().manual_seed(6))
+    before = w.clone()
+    screen = ScreenedArgmax(w[100:900])
+    assert screen.weight.data_ptr() == w[100].data_ptr() and torch.equal(w, before)
+
+
+def test_loaded_model_screens_its_heads_and_decodes_the_same_tokens(tiny_model, media):
+    lm = tiny_model.lm
+    assert lm.screens is not None  # CPU fp32: on by default
+    opts = omni.DecodingOptions(max_new_tokens=24)
+    screened = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)
+    calls = lm.screens[0].calls
+    saved, lm.screens = lm.screens, None
+    try:
+        full = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)
+    finally:
+        lm.screens = saved
+    assert calls >= 1 and screened.text_ids == full.text_ids and screened.audio_ids == full.audio_ids
+    h = torch.randn(1, tiny_model.cfg.n_embd, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        assert torch.equal(lm.text_argmax(h), lm.text_logits(h).argmax(-1))
+        assert torch.equal(lm.audio_argmax(h), lm.audio_logits(h).argmax(-1))
+
+
+def test_speed_modes_do_not_screen(tiny_ckpt):
+    m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
+    assert m.lm.screens is None and m.lm.split_heads is not None
