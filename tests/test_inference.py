@@ -187,7 +187,8 @@ def test_audio_as_array_at_any_rate_and_channels(tiny_model, media):
 
 def test_int8_speed_mode_runs(tiny_ckpt, tiny_model, media):
     m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
-    r = m.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=10))
+    # the whole budget (int8 rounding differs between CPUs' engines; random weights may end an answer early)
+    r = m.generate("A1A2", audio=media["speech16k"], options=omni.DecodingOptions(max_new_tokens=10, ignore_stop=True))
     assert len(r.text_ids) == 10 and len(r.audio) == 3 * 2048
     # the int8 head slices (quantised from views of the shared matrix) approximate the fp32 heads
     h = torch.randn(2, m.cfg.n_embd, generator=torch.Generator().manual_seed(0))
