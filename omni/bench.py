@@ -138,7 +138,8 @@ def cpu_name() -> str:
 def run_bench(a) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
-    model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True)
+    model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True,
+                       cuda_graphs=not a.no_cuda_graphs)
     load_s = time.perf_counter() - t0
     if a.no_screen:
         model.lm.screens = None
@@ -178,7 +179,7 @@ def run_bench(a) -> dict:
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "decode_matmul": small_rows_kernel(),
         **({"int8_engines": model.int8_engines} if model.int8_engines else {}),
-        "head_screen": screen_stats(model.lm),
+        "decode_path": model.decode_path, "head_screen": screen_stats(model.lm),
         "prompt_length": prompt.length, "load_s": round(load_s, 2),
         "prefill_ms": round(prefill_s * 1000, 1), "decode_steps": len(times), "decode_ms_per_step": round(decode_ms, 1),
         "steps_per_s": round(1000 / decode_ms, 2),

@@ -25,6 +25,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "Qwen2 weights can overflow in it)")
     p.add_argument("--quantize", default=None, choices=["int8"], help="int8 dynamic quantisation (CPU speed mode; "
                    "with --device auto it runs on the CPU)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, decode with the eager forward instead "
+                   "of the captured CUDA-graph step (to compare)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +95,8 @@ def cmd_generate(a) -> int:
                            top_p=a.top_p, seed=a.seed)
     opts.validate()
     a.audio, a.image = _check_inputs(a)  # bad input fails here, before seconds of model loading
-    model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True)
+    model = load_model(a.checkpoint, a.snac, a.device, a.dtype, a.quantize, progress=True,
+                       cuda_graphs=not a.no_cuda_graphs)
     if a.stream:
         result, pcm = None, []
         for ev in model.stream(a.task, a.audio, a.image, a.text, opts, stride=a.stride, mode=a.stream_mode):

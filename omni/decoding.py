@@ -104,8 +104,8 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
     B, L, _ = x.shape
     text_row = B - 1
     sample = Sampler(opts, x.device)
-    cache = lm.new_cache(B, L + n_entries)
-    h = lm.prefill(x, cache)
+    stepper = lm.stepper(B, L + n_entries)
+    h = lm.prefill(x, stepper.cache)
     audio = sample.audio(lm, h[:1])
     text = sample.text(lm, h[text_row:text_row + 1])
     info["stop"] = "budget"
@@ -121,7 +121,7 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
             return
         ids[0, :7] = shift + torch.tensor(audio, device=x.device)
         ids[:, 7] = text
-        h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
+        h = stepper.step(ids, L + step - 1)
         audio = sample.audio(lm, h[:1])
         if text_done and opts.greedy:
             text = vocab.pad_t  # forced below anyway: skip the text head (a fifth of a CPU step)
@@ -147,8 +147,8 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
     info = info if info is not None else {}
     B, L, _ = x.shape
     sample = Sampler(opts, x.device)
-    cache = lm.new_cache(B, L + n_entries)
-    h = lm.prefill(x, cache)
+    stepper = lm.stepper(B, L + n_entries)
+    h = lm.prefill(x, stepper.cache)
     text = sample.text(lm, h[:1])
     info["stop"] = "budget"
     yield text
@@ -158,7 +158,7 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
             info["stop"] = "cancelled"
             return
         ids[0, 7] = text
-        h = lm(lm.embed_step(ids), cache, L + step - 1)[:, -1]
+        h = stepper.step(ids, L + step - 1)
         text = sample.text(lm, h[:1])
         if text == vocab.eot and not opts.ignore_stop:
             info["stop"] = "eot"

@@ -129,7 +129,8 @@ class Omni:
     """A loaded Mini-Omni2 model. Not thread-safe: serve one request at a time."""
 
     def __init__(self, checkpoint_dir: Path, snac_dir: Path | None = None, device: str | None = "auto",
-                 dtype: str = "float32", quantize: str | None = None, progress: bool = False):
+                 dtype: str = "float32", quantize: str | None = None, progress: bool = False,
+                 cuda_graphs: bool = True):
         say = _progress(progress)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.snac_dir = Path(snac_dir) if snac_dir else default_snac_dir(self.checkpoint_dir)
@@ -194,6 +195,17 @@ class Omni:
             # greedy ids through an int8 screen of the head (same ids, a quarter of its bytes), ~1.5 s
             if self.lm.screen_heads():
                 say("greedy heads screened in int8")
+        self.decode_path = "eager"
+        if self.device.type == "cuda" and cuda_graphs:
+            from .graphs import capture_decode_graphs
+
+            say("capturing the decode step as CUDA graphs ...")
+            try:
+                self.lm.graphs = capture_decode_graphs(self.lm)
+                self.decode_path = "cuda graph"
+            except RuntimeError as e:  # an unsupported op or driver: decode eagerly, as without the option
+                say(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); decoding eagerly")
+                self.lm.graphs = None
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
         self.snac.to(self.device)
@@ -426,6 +438,9 @@ class Omni:
 
 
 def load_model(checkpoint: str | Path = "checkpoints", snac_dir: str | Path | None = None, device: str = "auto",
-               dtype: str = "float32", quantize: str | None = None, progress: bool = False) -> Omni:
-    """Load a checkpoint directory in the official layout (SNAC defaults to <checkpoint>/snac_24khz)."""
-    return Omni(Path(checkpoint), Path(snac_dir) if snac_dir else None, device, dtype, quantize, progress)
+               dtype: str = "float32", quantize: str | None = None, progress: bool = False,
+               cuda_graphs: bool = True) -> Omni:
+    """Load a checkpoint directory in the official layout (SNAC defaults to <checkpoint>/snac_24khz).
+    On CUDA the decode step is captured as CUDA graphs unless `cuda_graphs=False`."""
+    return Omni(Path(checkpoint), Path(snac_dir) if snac_dir else None, device, dtype, quantize, progress,
+                cuda_graphs)

@@ -47,12 +47,14 @@ class SwiGLU(nn.Module):
 
 
 class KVCache:
-    """Static per-layer key/value buffers [batch, n_query_groups, capacity, head_size]."""
+    """Static per-layer key/value buffers [batch, n_query_groups, capacity, head_size]. `zeroed` for the static
+    decode step, which multiplies the unwritten slots by 0 (uninitialised memory may hold NaN)."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, capacity: int, device, dtype):
+    def __init__(self, cfg: ModelConfig, batch: int, capacity: int, device, dtype, zeroed: bool = False):
         shape = (batch, cfg.n_query_groups, capacity, cfg.head_size)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        new = torch.zeros if zeroed else torch.empty
+        self.k = [new(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [new(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.capacity = capacity
 
     def row(self, i: int) -> "KVCache":
@@ -114,6 +116,22 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return self.proj(y.reshape(B, c.n_head, L, c.head_size).transpose(1, 2).reshape(B, L, -1))
 
+    def forward_static(self, x, cos, sin, cache_k, cache_v, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """One position, static shapes (CUDA graphs): K/V written at the position in the 1-element tensor `pos`,
+        attention over every cache slot with `visible` ([1, 1, 1, capacity] bool) masking the unwritten ones."""
+        c = self.cfg
+        B = x.shape[0]
+        qkv = self.attn(x).view(B, 1, c.n_query_groups, c.q_per_kv + 2, c.head_size)
+        q = qkv[:, :, :, : c.q_per_kv].reshape(B, 1, c.n_head, c.head_size).transpose(1, 2)
+        k = qkv[:, :, :, c.q_per_kv].transpose(1, 2)
+        v = qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cache_k.index_copy_(2, pos, k)
+        cache_v.index_copy_(2, pos, v)
+        y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, c.q_per_kv, c.head_size), cache_k, cache_v,
+                                           attn_mask=visible)
+        return self.proj(y.reshape(B, 1, -1))
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -125,6 +143,10 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, cache_k, cache_v, start: int):
         x = x + self.attn(self.norm_1(x), cos, sin, cache_k, cache_v, start)
+        return x + self.mlp(self.norm_2(x))
+
+    def forward_static(self, x, cos, sin, cache_k, cache_v, pos, visible):
+        x = x + self.attn.forward_static(self.norm_1(x), cos, sin, cache_k, cache_v, pos, visible)
         return x + self.mlp(self.norm_2(x))
 
 
@@ -147,6 +169,7 @@ class OmniLM(nn.Module):
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.split_heads: nn.ModuleList | None = None  # set by quantisation: [text head, audio heads]
         self.screens: tuple | None = None  # set by `screen_heads`: int8-screened greedy [text, audio] heads
+        self.graphs: dict | None = None  # batch size -> captured decode step (omni/graphs.py), CUDA only
 
     # -- inputs -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
@@ -176,9 +199,16 @@ class OmniLM(nn.Module):
             self._rope = rope_cache(self.cfg, device)
         return self._rope
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int, zeroed: bool = False) -> KVCache:
         p = self.transformer.ln_f.weight
-        return KVCache(self.cfg, batch, min(capacity, self.cfg.block_size), p.device, p.dtype)
+        return KVCache(self.cfg, batch, min(capacity, self.cfg.block_size), p.device, p.dtype, zeroed)
+
+    def stepper(self, batch: int, capacity: int):
+        """What a decode loop steps with: a captured CUDA graph where `self.graphs` holds one for this batch size
+        (omni/graphs.py), else the eager forward over a cache sized to the request."""
+        if self.graphs is not None and batch in self.graphs:
+            return self.graphs[batch]
+        return EagerStepper(self, batch, capacity)
 
     def prefill(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Prompt forward from position 0 -> hidden state of the last position [B, D].
@@ -202,6 +232,15 @@ class OmniLM(nn.Module):
         cos, sin = cos[start:start + L].to(x.dtype), sin[start:start + L].to(x.dtype)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cos, sin, cache.k[i], cache.v[i], start)
+        return self.transformer.ln_f(x)
+
+    def forward_static(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, D] at the position in the 1-element long tensor `pos` -> [B, 1, D], with no shape or Python
+        value depending on the position (see Attention.forward_static); `cache` must be zeroed."""
+        cos, sin = self.rope(x.device)
+        cos, sin = cos.index_select(0, pos).to(x.dtype), sin.index_select(0, pos).to(x.dtype)
+        for i, block in enumerate(self.transformer.h):
+            x = block.forward_static(x, cos, sin, cache.k[i], cache.v[i], pos, visible)
         return self.transformer.ln_f(x)
 
     # -- heads --------------------------------------------------------------------------------------
@@ -245,3 +284,14 @@ class OmniLM(nn.Module):
         w, text = w.detach(), self.cfg.text_vocab_size  # row slices of the shared matrix: views, no copies
         self.screens = (ScreenedArgmax(w[:text]), ScreenedArgmax(w[text:], groups=7))
         return True
+
+
+class EagerStepper:
+    """Decode steps through the ordinary forward, with a KV cache sized to the request."""
+
+    def __init__(self, lm, batch: int, capacity: int):
+        self.lm, self.cache = lm, lm.new_cache(batch, capacity)
+
+    def step(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
+        """ids [B, 8] fed at position pos -> final hidden state [B, D]."""
+        return self.lm(self.lm.embed_step(ids), self.cache, pos)[:, -1]

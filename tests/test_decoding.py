@@ -9,6 +9,7 @@ import torch
 
 from omni.config import Vocab
 from omni.decoding import DecodingOptions, Sampler, speech_entries, text_entries
+from omni.model import EagerStepper
 
 V = Vocab()
 PAD_A = [V.layershift(V.pad_a, i) for i in range(7)]
@@ -25,6 +26,9 @@ class ScriptedLM:
 
     def new_cache(self, batch, capacity):
         return None
+
+    def stepper(self, batch, capacity):
+        return EagerStepper(self, batch, capacity)
 
     def __call__(self, x, cache, start):
         self.step += 1

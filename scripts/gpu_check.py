@@ -1,0 +1,87 @@
+"""The GPU check of issue 5, prepared for a session that is lent a GPU (the `device` tool); no GPU has run it yet.
+
+On the device machine (its python3 has torch; carry the missing pure-Python and audio wheels as its README says:
+openai-whisper, snac, soundfile, soxr, librosa, more-itertools, audioread, pooch, then
+`python3 -m pip install --no-deps --no-index .whl/*.whl`):
+
+  python3 scripts/gpu_check.py --out $OUT [--steps 200]
+
+1. writes a full-size random checkpoint (`python -m omni tiny --full-size`);
+2. decodes A1A2 (batch 2) and T1T2 (batch 1) on CUDA three ways: the eager loop, the static-shape step run
+   uncaptured, and its captured CUDA graph. The graph must give exactly the static step's tokens (same kernels);
+   the eager loop's agreement is reported (its attention reads only the filled prefix, other kernels);
+3. runs `python -m omni bench` in bf16 with and without the graphs, and fp16 with them (JSON files in --out).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import omni  # noqa: E402
+from omni.bench import spoken_question  # noqa: E402
+from omni.graphs import StaticStepper  # noqa: E402
+
+
+def tokens(model, task, **kw):
+    r = model.generate(task, options=omni.DecodingOptions(max_new_tokens=64, ignore_stop=True), **kw)
+    return [r.text_ids, r.audio_ids]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoint", default="/tmp/full")
+    ap.add_argument("--steps", type=int, default=200)
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not torch.cuda.is_available():
+        print("no CUDA GPU visible to torch")
+        return 2
+    if not (Path(a.checkpoint) / "lit_model.pth").exists():
+        subprocess.run([sys.executable, "-m", "omni", "tiny", a.checkpoint, "--full-size"], check=True)
+    report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    question = spoken_question(3.5)
+    for dtype in ("float32", "bfloat16"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        m = omni.load_model(a.checkpoint, device="cuda", dtype=dtype)
+        lm, graphs = m.lm, m.lm.graphs
+        cases = {"A1A2": {"audio": question}, "T1T2": {"text": "Tell me a story about the sea"}}
+        row = {"decode_path": m.decode_path}
+        for task, kw in cases.items():
+            graph = tokens(m, task, **kw)
+            lm.graphs = {b: StaticStepper(lm, b) for b in (1, 2)}
+            static = tokens(m, task, **kw)
+            lm.graphs = None
+            eager = tokens(m, task, **kw)
+            lm.graphs = graphs
+            flat = lambda t: [t[0]] + t[1]  # noqa: E731
+            same = sum(x == y for g, e in zip(flat(graph), flat(eager)) for x, y in zip(g, e))
+            total = sum(len(g) for g in flat(graph))
+            row[task] = {"graph_equals_static": graph == static, "graph_vs_eager_agreement": same / max(total, 1)}
+        report[dtype] = row
+        del m, lm, graphs
+        torch.cuda.empty_cache()
+    print(json.dumps(report, indent=1))
+    (out / "graph_check.json").write_text(json.dumps(report, indent=1))
+    runs = [("bench_bf16_graph.json", ["--dtype", "bfloat16"]),
+            ("bench_bf16_eager.json", ["--dtype", "bfloat16", "--no-cuda-graphs"]),
+            ("bench_fp16_graph.json", ["--dtype", "float16"])]
+    for name, extra in runs:
+        cmd = [sys.executable, "-m", "omni", "bench", "--checkpoint", a.checkpoint, "--device", "cuda",
+               "--steps", str(a.steps), "--json", str(out / name), *extra]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=False)
+    ok = all(report[d][t]["graph_equals_static"] for d in ("float32", "bfloat16") for t in ("A1A2", "T1T2"))
+    print("graph == static step:", ok)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
