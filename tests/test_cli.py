@@ -160,6 +160,20 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
 
 
+def test_fp32_bench_reports_the_head_screen_and_its_agreement_with_the_whole_heads(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc, stdout, _ = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, "--steps", 3, "--stream-steps", 12,
+                            "--ttfa-runs", 1, "--agreement", 2, "--json", out)
+    got = json.loads(out.read_text())
+    assert rc == 0 and got["decode_path"] == "eager" and "head_screen" in stdout
+    assert got["head_screen"]["text"]["calls"] > 0 and got["head_screen"]["audio"]["calls"] > 0
+    assert got["token_agreement"] == {"prompts": 2, "identical_prompts": 2, "position_agreement": 1.0}
+    rc, _, _ = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, "--steps", 3, "--stream-steps", 12,
+                       "--ttfa-runs", 1, "--agreement", 2, "--no-screen", "--json", out)
+    got = json.loads(out.read_text())
+    assert rc == 0 and got["head_screen"] == "off" and "note" in got["token_agreement"]
+
+
 def test_bench_times_whisper_in_every_request(tiny_ckpt, tmp_path, capsys, monkeypatch):
     """The model keeps the last audio's features; the bench's requests must not reuse them (a question's time
     to first audio includes its Whisper encode)."""
