@@ -37,6 +37,9 @@ class StaticStepper:
             raise ValueError(f"position {pos} is past the KV cache ({self.cache.capacity})")
         self.ids.copy_(ids)
         self.pos.fill_(pos)
+        return self._run()
+
+    def _run(self) -> torch.Tensor:
         return self._forward()
 
 
@@ -59,11 +62,7 @@ class GraphStepper(StaticStepper):
             k.zero_()
             v.zero_()
 
-    def step(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
-        if pos >= self.cache.capacity:
-            raise ValueError(f"position {pos} is past the KV cache ({self.cache.capacity})")
-        self.ids.copy_(ids)
-        self.pos.fill_(pos)
+    def _run(self) -> torch.Tensor:
         self.graph.replay()
         return self.hidden
 

@@ -48,8 +48,8 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "omni", "tiny", a.checkpoint, "--full-size"], check=True)
     report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     question = spoken_question(3.5)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in the token comparison
     for dtype in ("float32", "bfloat16"):
-        torch.backends.cuda.matmul.allow_tf32 = False
         m = omni.load_model(a.checkpoint, device="cuda", dtype=dtype)
         lm, graphs = m.lm, m.lm.graphs
         cases = {"A1A2": {"audio": question}, "T1T2": {"text": "Tell me a story about the sea"}}
