@@ -63,7 +63,13 @@ def test_a_pause_then_more_speech_drops_the_early_encode(tmp_path):
         # a ~0.45 s pause (espeak ends its speech with 0.39 s of silence): longer than the 0.2 s that starts an
         # early encode, shorter than the 0.6 s that ends a turn
         end = speech("is it paris")[: -int(0.3 * 16000)]  # without most of its trailing silence
-        feed(s, timeline(silence(0.4), speech("the capital of france"), silence(0.05), end))
+        feed(s, timeline(silence(0.4), speech("the capital of france"), silence(0.05)))
+        # the encode runs on the worker thread: let it start before the speaker goes on (on a loaded machine
+        # the rest of the feed could otherwise drop it before it began)
+        deadline = time.monotonic() + 5
+        while not model.encoded and time.monotonic() < deadline:
+            time.sleep(0.005)
+        feed(s, end)
         assert len(model.encoded) == 1 and "early_encode_dropped" in events
         deadline = time.monotonic() + 5
         while not engine.worker.idle and time.monotonic() < deadline:
