@@ -113,7 +113,8 @@ def test_recorded_question_with_webcam_photo_stop_and_export(streamlit_app, medi
         page.get_by_placeholder("Type a message").fill("tell me a long story")
         page.get_by_placeholder("Type a message").press("Enter")
         wait_for(lambda: stop.count() == 1, 30, page, "the stop button", log)
-        page.wait_for_timeout(300)
+        # stopped once some speech exists (the export must keep it); before, a loaded run stopped it too early
+        wait_for(lambda: "s of speech" in (assistant_texts() or [""])[-1], 30, page, "the answer's speech so far", log)
         stop.click()
         wait_for(lambda: main.get_by_text("(interrupted)").count(), 20, page, "the answer marked interrupted", log)
         stopped = assistant_texts()[-1]

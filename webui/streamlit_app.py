@@ -262,7 +262,11 @@ def stream_answer(s: Session, turn) -> None:
                 box.markdown(f"⏳ waiting for the model — position {pos} in the queue")
             else:
                 note = " *(interrupted)*" if turn.status == "interrupted" else ""
-                box.markdown((turn.assistant_text or ("" if not done else "(no text)")) + ("" if done else " ▌") + note)
+                # while it runs: how much speech is ready (played when the answer ends, unless live voice is on)
+                spoken = turn.generated_s()
+                speech = f"  \n🔊 *{spoken:.1f} s of speech*" if spoken and not done else ""
+                box.markdown((turn.assistant_text or ("" if not done else "(no text)")) + ("" if done else " ▌") + note
+                             + speech)
             if done:
                 break
             time.sleep(0.1)
