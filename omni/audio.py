@@ -113,14 +113,40 @@ def _split_heads(t: torch.Tensor, n_head: int) -> torch.Tensor:
     return t.view(*t.shape[:2], n_head, -1).transpose(1, 2)
 
 
+# How Whisper's attention is computed. "sdpa" (parity mode): F.scaled_dot_product_attention in the input's dtype.
+# Speed modes may pick, by timing at load: "sdpa-bf16", the same kernel on bf16 copies (fast where the CPU has AMX),
+# or "matmul-bf16": per head two bf16 matrix products around a softmax computed in fp32 and stored in bf16
+# (fast where the CPU has AVX512-BF16 dot products but no AMX; the scores are rounded to bf16, as in
+# Hugging Face's eager bf16 attention, so it is a little less exact than "sdpa-bf16").
+ATTENTION_KINDS = ("sdpa", "sdpa-bf16", "matmul-bf16")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str = "sdpa") -> torch.Tensor:
+    """Unmasked attention [B, H, Tq, D] x [B, H, T, D] -> [B, H, Tq, D] in q's dtype, computed the `kind` way."""
+    if kind == "sdpa" or (kind == "sdpa-bf16" and q.dtype == torch.bfloat16):
+        return F.scaled_dot_product_attention(q, k, v)
+    if kind == "sdpa-bf16":
+        return F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()).to(q.dtype)
+    if kind != "matmul-bf16":
+        raise ValueError(f"unknown attention kind {kind!r} (one of {', '.join(ATTENTION_KINDS)})")
+    B, H, Tq, D = q.shape
+    qb = (q * D ** -0.5).bfloat16()  # the scale before rounding (a power of 2 for Whisper's 64-wide heads)
+    kb, vb = k.bfloat16(), v.bfloat16()
+    out = torch.empty(B, H, Tq, D, dtype=torch.bfloat16, device=q.device)
+    for b in range(B):
+        for h in range(H):  # one head's [Tq, T] scores at a time stay in the cache (4.5 MB for Whisper)
+            torch.mm(torch.mm(qb[b, h], kb[b, h].t()).softmax(-1), vb[b, h], out=out[b, h])
+    return out.to(q.dtype)
+
+
 def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None, cancel=None,
-                   attention_dtype: torch.dtype | None = None) -> torch.Tensor | None:
+                   attention_kind: str = "sdpa") -> torch.Tensor | None:
     """openai-whisper's `AudioEncoder.forward` (same modules, same operations), with two speed-ups:
     linear layers go through `fast_linear`, and the last block computes its queries, MLP and ln_post only for
     the first `n_keep` positions (the prompt uses no others; keys and values still span the whole 30 s window,
     so the kept rows are unchanged). mel [B, n_mels, 3000] -> [B, n_keep or 1500, width]; None if the
-    `cancel` event is set (checked between blocks). `attention_dtype` (a speed mode's choice, e.g. bfloat16)
-    runs the attention itself in that dtype; by default it runs in the input's."""
+    `cancel` event is set (checked between blocks). `attention_kind` (see ATTENTION_KINDS; a speed mode's choice)
+    says how the attention itself is computed; by default as the official code, in the input's dtype."""
     x = F.gelu(enc.conv1(mel))
     x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
     x = (x + enc.positional_embedding).to(x.dtype)
@@ -133,37 +159,31 @@ def whisper_encode(enc, mel: torch.Tensor, n_keep: int | None = None, cancel=Non
         q = _split_heads(_whisper_linear(h[:, :keep], attn.query), attn.n_head)
         k = _split_heads(_whisper_linear(h, attn.key), attn.n_head)
         v = _split_heads(_whisper_linear(h, attn.value), attn.n_head)
-        if attention_dtype is not None and attention_dtype != q.dtype:
-            a = F.scaled_dot_product_attention(q.to(attention_dtype), k.to(attention_dtype),
-                                               v.to(attention_dtype)).to(x.dtype)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v)
-        a = a.transpose(1, 2).flatten(2)
+        a = attention(q, k, v, attention_kind).transpose(1, 2).flatten(2)
         x = x[:, :keep] + _whisper_linear(a, attn.out)
         fc, act, proj = block.mlp
         x = x + _whisper_linear(act(_whisper_linear(block.mlp_ln(x), fc)), proj)
     return enc.ln_post(x)
 
 
-def faster_attention_dtype(dims, candidates=(torch.bfloat16,), reps: int = 2) -> torch.dtype | None:
-    """The first of `candidates` whose attention over Whisper's whole window (CPU, these dims) ran faster than
-    float32's, else None. On a 2-core Xeon with AMX bf16 took 19 instead of 44 ms a layer (relative error
-    4e-3); CPUs without bf16 units are slower in it. ~0.3 s; for speed modes only (float32 is the parity path)."""
+def fastest_attention(dims, candidates=("sdpa-bf16", "matmul-bf16"), reps: int = 2) -> str:
+    """The fastest way to compute attention over Whisper's whole window on this CPU with these dims: the fastest of
+    `candidates` if it beat fp32 "sdpa" by 20 %, else "sdpa". On a 2-core Xeon with AMX, "sdpa-bf16" took 19 instead
+    of 44 ms a layer; on a 2-core EPYC (AVX512-BF16, no AMX) "matmul-bf16" took 29 instead of 47 ms, and
+    "sdpa-bf16" was no faster. ~0.5 s; for speed modes only (fp32 "sdpa" is the parity path)."""
     g = torch.Generator().manual_seed(0)
     shape = (1, dims.n_audio_head, dims.n_audio_ctx, dims.n_audio_state // dims.n_audio_head)
     q, k, v = (torch.randn(shape, generator=g) for _ in range(3))
 
-    def attention_ms(dtype) -> float:
-        qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
-        F.scaled_dot_product_attention(qq, kk, vv)  # first call sets up the kernel
-        return best_ms(lambda: F.scaled_dot_product_attention(qq, kk, vv), reps)
+    def attention_ms(kind: str) -> float:
+        attention(q, k, v, kind)  # the first call sets up the kernels
+        return best_ms(lambda: attention(q, k, v, kind), reps)
 
     with torch.inference_mode():
-        fp32 = attention_ms(torch.float32)
-        for dtype in candidates:
-            if attention_ms(dtype) < 0.8 * fp32:
-                return dtype
-    return None
+        fp32 = attention_ms("sdpa")
+        times = {kind: attention_ms(kind) for kind in candidates}
+    best = min(times, key=times.get, default="sdpa")
+    return best if best != "sdpa" and times[best] < 0.8 * fp32 else "sdpa"
 
 
 def load_whisper_encoder(path: Path, keep_fp16: bool = True):

@@ -139,7 +139,7 @@ class Omni:
         self.dtype = DTYPES[dtype]
         self.quantize = None if quantize in (None, "none") else quantize
         self.int8_engines: dict[str, str] = {}  # quantised engine each part was packed for (int8 only)
-        self.whisper_attention_dtype: torch.dtype | None = None  # None: fp32, as the official code
+        self.whisper_attention = "sdpa"  # fp32 SDPA, as the official code; speed modes may choose another way
         self._last_audio: tuple[bytes, torch.Tensor] | None = None  # (digest of the samples, their features)
         t0 = time.perf_counter()
         # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading
@@ -182,10 +182,7 @@ class Omni:
 
             say("quantising linear layers to int8 ...")
             self.int8_engines = quantize_int8(self)
-            # a speed mode already: Whisper's attention in bf16 too where this CPU runs that faster (AMX)
-            self.whisper_attention_dtype = audio_io.faster_attention_dtype(self.whisper_dims)
-            say(f"int8 packed for: LM {self.int8_engines['lm']}, Whisper {self.int8_engines['whisper']}; "
-                f"Whisper attention in {str(self.whisper_attention_dtype or torch.float32).replace('torch.', '')}")
+            say(f"int8 packed for: LM {self.int8_engines['lm']}, Whisper {self.int8_engines['whisper']}")
         self.lm.to(self.device, self.dtype)
         if self.device.type == "cpu" and self.dtype == torch.float32:
             # the faster decoding matmul differs between CPUs (see omni/linear.py): timed here, ~20 ms
@@ -214,6 +211,11 @@ class Omni:
         release_freed_memory()
         _mmap_threshold(32 << 20)
         _keep_freed_heap(256 << 20)
+        if self.quantize == "int8":
+            # a speed mode already: Whisper's attention in bf16 too where this CPU runs that faster. Timed after
+            # the heap settings above: before them each head's 4.5 MB of scores was a fresh mmap (+60 %)
+            self.whisper_attention = audio_io.fastest_attention(self.whisper_dims)
+            say(f"Whisper attention: {self.whisper_attention}")
         self.load_s = time.perf_counter() - t0
         say(f"ready in {self.load_s:.1f} s")
 
@@ -243,7 +245,7 @@ class Omni:
             return last[1]
         mel = audio_io.log_mel(samples).to(self.device)
         feats = audio_io.whisper_encode(self.whisper, mel.unsqueeze(0), self._n_frames(samples), cancel,
-                                        self.whisper_attention_dtype)
+                                        self.whisper_attention)
         if feats is None:
             return None
         self._last_audio = (digest, feats[0].float())

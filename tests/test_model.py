@@ -271,33 +271,52 @@ def test_shared_prefix_prefill_equals_the_full_batch_prefill(tiny_model, media):
 
 @torch.inference_mode()
 def test_whisper_attention_in_bfloat16_approximates_float32(tiny_model, media):
-    """int8 mode may run Whisper's attention in bf16 (where the CPU is faster in it): close to the fp32 features,
-    and the fp32 path (parity mode) is untouched by the option's default."""
+    """int8 mode may run Whisper's attention in bf16 (where the CPU is faster in it), either way: close to the fp32
+    features, and the fp32 path (parity mode) is untouched by the option's default."""
     from omni.audio import load_audio, log_mel, whisper_encode
 
     mel = log_mel(load_audio(media["speech16k"]))[None]
     want = whisper_encode(tiny_model.whisper, mel)
-    assert torch.equal(whisper_encode(tiny_model.whisper, mel, attention_dtype=torch.float32), want)
-    got = whisper_encode(tiny_model.whisper, mel, attention_dtype=torch.bfloat16)
-    assert got.dtype == want.dtype and not torch.equal(got, want)
-    assert ((got - want).norm() / want.norm()) < 0.02
+    assert torch.equal(whisper_encode(tiny_model.whisper, mel, attention_kind="sdpa"), want)
+    for kind in ("sdpa-bf16", "matmul-bf16"):
+        got = whisper_encode(tiny_model.whisper, mel, attention_kind=kind)
+        assert got.dtype == want.dtype and not torch.equal(got, want), kind
+        assert ((got - want).norm() / want.norm()) < 0.02, kind
+    with pytest.raises(ValueError, match="unknown attention kind"):
+        whisper_encode(tiny_model.whisper, mel, attention_kind="fp8")
 
 
-def test_whisper_attention_dtype_is_chosen_by_timing(tiny_model, monkeypatch):
+def test_attention_kinds_compute_attention():
+    """Each kind against the attention formula in fp64, with sharp and flat score rows, a subset of the queries
+    (as in Whisper's last block) and a batch of 2."""
+    from omni.audio import attention
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    q[0, 0] *= 6  # sharp rows: scores up to ~±20
+    want = torch.softmax(q[:, :, :7] @ k.transpose(-1, -2) / 4, -1) @ v
+    for kind, tol in (("sdpa", 1e-5), ("sdpa-bf16", 1.5e-2), ("matmul-bf16", 1.5e-2)):
+        got = attention(q[:, :, :7].float(), k.float(), v.float(), kind)
+        assert got.dtype == torch.float32 and got.shape == want.shape, kind
+        assert ((got.double() - want).norm() / want.norm()) < tol, kind
+
+
+def test_whisper_attention_kind_is_chosen_by_timing(tiny_model, monkeypatch):
     import time
 
     from omni import audio
 
-    real = F.scaled_dot_product_attention
+    real = audio.attention
 
-    def slow_in(dtype):
-        def sdpa(q, k, v, *a, **kw):
-            if q.dtype == dtype:
+    def slow_except(fast: str | None):
+        def attention(q, k, v, kind="sdpa"):
+            if kind != fast:
                 time.sleep(0.01)
-            return real(q, k, v, *a, **kw)
-        return sdpa
+            return real(q, k, v, kind)
+        return attention
     dims = tiny_model.whisper_dims
-    monkeypatch.setattr(audio.F, "scaled_dot_product_attention", slow_in(torch.bfloat16))
-    assert audio.faster_attention_dtype(dims) is None
-    monkeypatch.setattr(audio.F, "scaled_dot_product_attention", slow_in(torch.float32))
-    assert audio.faster_attention_dtype(dims) == torch.bfloat16
+    for fast in ("sdpa", "sdpa-bf16", "matmul-bf16"):
+        monkeypatch.setattr(audio, "attention", slow_except(fast))
+        assert audio.fastest_attention(dims) == fast
+    monkeypatch.setattr(audio, "attention", slow_except(None))  # none 20 % faster than fp32: fp32
+    assert audio.fastest_attention(dims) == "sdpa"
