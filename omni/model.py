@@ -92,7 +92,7 @@ class Attention(nn.Module):
         self.attn = Linear(cfg.n_embd, cfg.qkv_size, bias=cfg.add_qkv_bias)  # fused, grouped per KV head
         self.proj = Linear(cfg.n_head * cfg.head_size, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache_k, cache_v, start: int) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache_k, cache_v, start: int, fork: torch.Tensor | None = None) -> torch.Tensor:
         c = self.cfg
         B, L, _ = x.shape
         qkv = self.attn(x).view(B, L, c.n_query_groups, c.q_per_kv + 2, c.head_size)
@@ -101,6 +101,12 @@ class Attention(nn.Module):
         k = qkv[:, :, :, c.q_per_kv].transpose(1, 2)
         v = qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if fork is not None:  # OmniLM.forward_forked: one sequence holding two rows' prompts, see there
+            n = L - 1
+            cache_k[0, :, :n], cache_v[0, :, :n] = k[0, :, :n], v[0, :, :n]
+            cache_k[1, :, n - 1], cache_v[1, :, n - 1] = k[0, :, n], v[0, :, n]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=fork, enable_gqa=True)
+            return self.proj(y.transpose(1, 2).reshape(B, L, -1))
         end = start + L
         cache_k[:, :, start:end] = k
         cache_v[:, :, start:end] = v
@@ -141,8 +147,8 @@ class Block(nn.Module):
         self.norm_2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.n_embd, cfg.intermediate_size, cfg.n_embd)
 
-    def forward(self, x, cos, sin, cache_k, cache_v, start: int):
-        x = x + self.attn(self.norm_1(x), cos, sin, cache_k, cache_v, start)
+    def forward(self, x, cos, sin, cache_k, cache_v, start: int, fork: torch.Tensor | None = None):
+        x = x + self.attn(self.norm_1(x), cos, sin, cache_k, cache_v, start, fork)
         return x + self.mlp(self.norm_2(x))
 
     def forward_static(self, x, cos, sin, cache_k, cache_v, pos, visible):
@@ -213,15 +219,32 @@ class OmniLM(nn.Module):
     def prefill(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Prompt forward from position 0 -> hidden state of the last position [B, D].
 
-        The batch-of-2 prompts are identical except for their last token, so the shared part is computed once
-        and its keys/values copied to the second row: half the prefill work, the same result up to summation order.
+        The batch-of-2 prompts are identical except for their last token, so the shared part is computed once,
+        in one pass with both last tokens (`forward_forked`), and its keys/values copied to the second row: half
+        the prefill work, the same result up to summation order.
         """
         B, L, _ = x.shape
         if B == 2 and L > 1 and torch.equal(x[0, :-1], x[1, :-1]):
-            self(x[:1, :-1], cache.row(0), 0)
-            cache.copy_row(0, 1, L - 1)
-            return self(x[:, -1:], cache, L - 1)[:, -1]
+            return self.forward_forked(torch.cat((x[0], x[1, -1:]))[None], cache)[0, -2:]
         return self(x, cache, 0)[:, -1]
+
+    def forward_forked(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Two prompts that differ only in their last token, as one sequence x [1, L + 1, D]: the shared L - 1
+        positions, row 0's last token, then row 1's last token, at the same position L - 1 and blind to row 0's.
+        Fills both cache rows; returns the final-norm hidden states [1, L + 1, D]. Saves the 2-row pass that the
+        two last tokens would otherwise need after the prefix (one decode step's weight reads)."""
+        n = x.shape[1] - 1
+        if n < 1 or n > cache.capacity:
+            raise ValueError(f"a forked prompt of {n} positions does not fit the KV cache ({cache.capacity})")
+        positions = torch.cat((torch.arange(n), torch.tensor([n - 1]))).to(x.device)
+        cos, sin = self.rope(x.device)
+        cos, sin = cos[positions].to(x.dtype), sin[positions].to(x.dtype)
+        fork = torch.ones(n + 1, n + 1, dtype=torch.bool, device=x.device).tril()
+        fork[n, n - 1] = False  # row 1's last token does not see row 0's
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cos, sin, cache.k[i], cache.v[i], 0, fork)
+        cache.copy_row(0, 1, n - 1)
+        return self.transformer.ln_f(x)
 
     def forward(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
         """x [B, L, D] at positions start..start+L-1 -> final-norm hidden states [B, L, D]."""

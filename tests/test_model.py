@@ -263,7 +263,7 @@ def test_shared_prefix_prefill_equals_the_full_batch_prefill(tiny_model, media):
     shared, full = lm.new_cache(2, prompt.length + 1), lm.new_cache(2, prompt.length + 1)
     h_shared = lm.prefill(x, shared)
     h_full = lm(x, full, 0)[:, -1]
-    # equal up to summation order (the last position runs as a 2-row product, the full batch as a 2L-row one)
+    # equal up to summation order (one pass over the prefix and both last tokens, against a pass over both rows)
     assert torch.allclose(h_shared, h_full, atol=1e-4), (h_shared - h_full).abs().max()
     L = prompt.length
     assert all(torch.allclose(a[:, :, :L], b[:, :, :L], atol=1e-4) for a, b in zip(shared.k + shared.v, full.k + full.v))
