@@ -156,6 +156,8 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     runs = got["ttfa_runs_s"]  # the median of the streamed answer's first audio and 2 more requests
     assert len(runs) == 3 and got["ttfa_s"] == pytest.approx(statistics.median(runs), abs=1e-3)
     assert got["app_start_s"] >= runs[0]  # the app's player starts on the streamed answer's chunks
+    assert 0 < got["whisper_ms"] < 1000 * min(runs)  # the audio encoder is a part of the time to first audio
+    assert got["whisper_attention"] in ("sdpa", "sdpa-bf16", "matmul-bf16")
     agreement = got["token_agreement"]
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
 
@@ -187,8 +189,9 @@ def test_bench_times_whisper_in_every_request(tiny_ckpt, tmp_path, capsys, monke
                        "--ttfa-runs", 3, "--json", out)
     assert rc == 0
     runs = json.loads(out.read_text())["ttfa_runs_s"]
-    # the warm-up prompt, the streamed answer, then one per further time-to-first-audio request
-    assert len(calls) == 1 + max(1, len(runs))
+    # the warm-up prompt, the streamed answer, one per further time-to-first-audio request, then the
+    # `whisper_ms` encodes (one per time-to-first-audio run)
+    assert len(calls) == 1 + max(1, len(runs)) + 3
 
 
 def test_playback_gaps_model_the_app_player():
