@@ -92,7 +92,10 @@ class Attention(nn.Module):
         self.attn = Linear(cfg.n_embd, cfg.qkv_size, bias=cfg.add_qkv_bias)  # fused, grouped per KV head
         self.proj = Linear(cfg.n_head * cfg.head_size, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache_k, cache_v, start: int, fork: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache_k, cache_v, start: int, fork: torch.Tensor | None = None,
+                keep: int | None = None) -> torch.Tensor:
+        """Keys and values of every position go to the cache; `keep` computes queries and output only for the last
+        `keep` positions (the prefill's last block: no later layer reads the others)."""
         c = self.cfg
         B, L, _ = x.shape
         qkv = self.attn(x).view(B, L, c.n_query_groups, c.q_per_kv + 2, c.head_size)
@@ -100,18 +103,25 @@ class Attention(nn.Module):
         q = qkv[:, :, :, : c.q_per_kv].reshape(B, L, c.n_head, c.head_size).transpose(1, 2)
         k = qkv[:, :, :, c.q_per_kv].transpose(1, 2)
         v = qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if keep is not None and keep < L:
+            q, cos_q, sin_q, Lq = q[:, :, -keep:], cos[-keep:], sin[-keep:], keep
+        else:
+            cos_q, sin_q, Lq = cos, sin, L
+        q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
         if fork is not None:  # OmniLM.forward_forked: one sequence holding two rows' prompts, see there
             n = L - 1
             cache_k[0, :, :n], cache_v[0, :, :n] = k[0, :, :n], v[0, :, :n]
             cache_k[1, :, n - 1], cache_v[1, :, n - 1] = k[0, :, n], v[0, :, n]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=fork, enable_gqa=True)
-            return self.proj(y.transpose(1, 2).reshape(B, L, -1))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=fork[-Lq:], enable_gqa=True)
+            return self.proj(y.transpose(1, 2).reshape(B, Lq, -1))
         end = start + L
         cache_k[:, :, start:end] = k
         cache_v[:, :, start:end] = v
         keys, values = cache_k[:, :, :end], cache_v[:, :, :end]
-        if L == 1:
+        if Lq < L:  # the last Lq positions of a prompt chunk against everything up to them
+            mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)[-Lq:]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        elif L == 1:
             # one new position attends to every cached one: fold the query heads of a group into the
             # "sequence" axis so each group is one matmul against its own K/V, no expansion, no mask
             y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, c.q_per_kv, c.head_size), keys, values)
@@ -120,7 +130,7 @@ class Attention(nn.Module):
         else:
             mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return self.proj(y.reshape(B, c.n_head, L, c.head_size).transpose(1, 2).reshape(B, L, -1))
+        return self.proj(y.reshape(B, c.n_head, Lq, c.head_size).transpose(1, 2).reshape(B, Lq, -1))
 
     def forward_static(self, x, cos, sin, cache_k, cache_v, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """One position, static shapes (CUDA graphs): K/V written at the position in the 1-element tensor `pos`,
@@ -147,8 +157,11 @@ class Block(nn.Module):
         self.norm_2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.n_embd, cfg.intermediate_size, cfg.n_embd)
 
-    def forward(self, x, cos, sin, cache_k, cache_v, start: int, fork: torch.Tensor | None = None):
-        x = x + self.attn(self.norm_1(x), cos, sin, cache_k, cache_v, start, fork)
+    def forward(self, x, cos, sin, cache_k, cache_v, start: int, fork: torch.Tensor | None = None,
+                keep: int | None = None):
+        """-> [B, L, D], or only the last `keep` positions (their keys and values are cached for all L)."""
+        a = self.attn(self.norm_1(x), cos, sin, cache_k, cache_v, start, fork, keep)
+        x = x[:, -a.shape[1]:] + a
         return x + self.mlp(self.norm_2(x))
 
     def forward_static(self, x, cos, sin, cache_k, cache_v, pos, visible):
@@ -225,13 +238,14 @@ class OmniLM(nn.Module):
         """
         B, L, _ = x.shape
         if B == 2 and L > 1 and torch.equal(x[0, :-1], x[1, :-1]):
-            return self.forward_forked(torch.cat((x[0], x[1, -1:]))[None], cache)[0, -2:]
-        return self(x, cache, 0)[:, -1]
+            return self.forward_forked(torch.cat((x[0], x[1, -1:]))[None], cache, keep=2)[0]
+        return self(x, cache, 0, keep=1)[:, -1]
 
-    def forward_forked(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def forward_forked(self, x: torch.Tensor, cache: KVCache, keep: int | None = None) -> torch.Tensor:
         """Two prompts that differ only in their last token, as one sequence x [1, L + 1, D]: the shared L - 1
         positions, row 0's last token, then row 1's last token, at the same position L - 1 and blind to row 0's.
-        Fills both cache rows; returns the final-norm hidden states [1, L + 1, D]. Saves the 2-row pass that the
+        Fills both cache rows; returns the final-norm hidden states [1, L + 1, D] (the last `keep` of them with
+        `keep`: the last block computes no others). Saves the 2-row pass that the
         two last tokens would otherwise need after the prefix (one decode step's weight reads)."""
         n = x.shape[1] - 1
         if n < 1 or n > cache.capacity:
@@ -241,20 +255,23 @@ class OmniLM(nn.Module):
         cos, sin = cos[positions].to(x.dtype), sin[positions].to(x.dtype)
         fork = torch.ones(n + 1, n + 1, dtype=torch.bool, device=x.device).tril()
         fork[n, n - 1] = False  # row 1's last token does not see row 0's
+        last = len(self.transformer.h) - 1
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cos, sin, cache.k[i], cache.v[i], 0, fork)
+            x = block(x, cos, sin, cache.k[i], cache.v[i], 0, fork, keep if i == last else None)
         cache.copy_row(0, 1, n - 1)
         return self.transformer.ln_f(x)
 
-    def forward(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
-        """x [B, L, D] at positions start..start+L-1 -> final-norm hidden states [B, L, D]."""
+    def forward(self, x: torch.Tensor, cache: KVCache, start: int, keep: int | None = None) -> torch.Tensor:
+        """x [B, L, D] at positions start..start+L-1 -> final-norm hidden states [B, L, D], or of the last `keep`
+        positions only (all L are cached; the last block computes queries, output and MLP for those only)."""
         L = x.shape[1]
         if start + L > cache.capacity:
             raise ValueError(f"sequence of {start + L} positions exceeds the KV cache ({cache.capacity})")
         cos, sin = self.rope(x.device)
         cos, sin = cos[start:start + L].to(x.dtype), sin[start:start + L].to(x.dtype)
+        last = len(self.transformer.h) - 1
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cos, sin, cache.k[i], cache.v[i], start)
+            x = block(x, cos, sin, cache.k[i], cache.v[i], start, None, keep if i == last else None)
         return self.transformer.ln_f(x)
 
     def forward_static(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

@@ -270,6 +270,32 @@ def test_shared_prefix_prefill_equals_the_full_batch_prefill(tiny_model, media):
 
 
 @torch.inference_mode()
+def test_the_last_block_computes_only_the_kept_positions(tiny_model):
+    """The prefill needs the last position's hidden state only: the last block computes queries, output and MLP for
+    the kept positions alone, while every position's keys and values still reach the cache (from the start, and for
+    a chunk after earlier positions)."""
+    lm = tiny_model.lm
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 12, lm.cfg.n_embd, generator=g)
+    rows = []
+    hook = lm.transformer.h[-1].mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    try:
+        for start, keep in ((0, 1), (0, 3), (5, 2)):
+            kept, full = lm.new_cache(1, 20), lm.new_cache(1, 20)
+            if start:  # earlier positions already cached
+                lm(x[:, :start], kept, 0), lm(x[:, :start], full, 0)
+            rows.clear()
+            got = lm(x[:, start:], kept, start, keep=keep)
+            assert rows == [keep]  # the last block's MLP ran on the kept positions only
+            want = lm(x[:, start:], full, start)[:, -keep:]
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+            assert all(torch.allclose(a[:, :, :12], b[:, :, :12], atol=1e-5)
+                       for a, b in zip(kept.k + kept.v, full.k + full.v))
+    finally:
+        hook.remove()
+
+
+@torch.inference_mode()
 def test_whisper_attention_in_bfloat16_approximates_float32(tiny_model, media):
     """int8 mode may run Whisper's attention in bf16 (where the CPU is faster in it), either way: close to the fp32
     features, and the fp32 path (parity mode) is untouched by the option's default."""
