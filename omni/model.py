@@ -70,19 +70,33 @@ class KVCache:
 
 
 def rope_cache(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [block_size, rope_n_elem]; sin's first half is negated, see `apply_rope`."""
     n = cfg.rope_n_elem
     inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, n, 2, device=device).float() / n))
     angles = torch.outer(torch.arange(cfg.block_size, device=device).float(), inv_freq).repeat(1, 2)
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    sin[:, : n // 2].neg_()
+    return angles.cos(), sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """LitGPT's rotary embedding, x * cos + cat(-x2, x1) * sin, with the minus folded into `sin` (rope_cache):
+    (-a) * b and a * (-b) are the same float, so the values are LitGPT's with one kernel less."""
     n = cos.shape[-1]
     xr, xp = x[..., :n], x[..., n:]
     half = n // 2
-    rotated = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
-    out = (xr * cos + rotated * sin).to(x.dtype)
+    out = xr * cos + torch.cat((xr[..., half:], xr[..., :half]), dim=-1) * sin
     return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
+
+
+def split_heads(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cfg: ModelConfig):
+    """qkv [B, L, groups, q_per_kv + 2, head_size] (LitGPT layout: per group, q_per_kv query heads, then one key
+    head, then one value head) -> q [B, n_head, L, hs] and k [B, groups, L, hs], both roped (in one call: the
+    query and key heads of a group are adjacent), and v [B, groups, L, hs]."""
+    B, L = qkv.shape[:2]
+    qk = apply_rope(qkv[:, :, :, : cfg.q_per_kv + 1], cos[:, None, None], sin[:, None, None])
+    q = qk[:, :, :, : cfg.q_per_kv].reshape(B, L, cfg.n_head, cfg.head_size).transpose(1, 2)
+    return q, qk[:, :, :, cfg.q_per_kv].transpose(1, 2), qkv[:, :, :, cfg.q_per_kv + 1].transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -98,16 +112,10 @@ class Attention(nn.Module):
         `keep` positions (the prefill's last block: no later layer reads the others)."""
         c = self.cfg
         B, L, _ = x.shape
-        qkv = self.attn(x).view(B, L, c.n_query_groups, c.q_per_kv + 2, c.head_size)
-        # LitGPT layout: per group, q_per_kv query heads then one key head then one value head
-        q = qkv[:, :, :, : c.q_per_kv].reshape(B, L, c.n_head, c.head_size).transpose(1, 2)
-        k = qkv[:, :, :, c.q_per_kv].transpose(1, 2)
-        v = qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2)
+        q, k, v = split_heads(self.attn(x).view(B, L, c.n_query_groups, c.q_per_kv + 2, c.head_size), cos, sin, c)
+        Lq = L
         if keep is not None and keep < L:
-            q, cos_q, sin_q, Lq = q[:, :, -keep:], cos[-keep:], sin[-keep:], keep
-        else:
-            cos_q, sin_q, Lq = cos, sin, L
-        q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
+            q, Lq = q[:, :, -keep:], keep
         if fork is not None:  # OmniLM.forward_forked: one sequence holding two rows' prompts, see there
             n = L - 1
             cache_k[0, :, :n], cache_v[0, :, :n] = k[0, :, :n], v[0, :, :n]
@@ -137,11 +145,7 @@ class Attention(nn.Module):
         attention over every cache slot with `visible` ([1, 1, 1, capacity] bool) masking the unwritten ones."""
         c = self.cfg
         B = x.shape[0]
-        qkv = self.attn(x).view(B, 1, c.n_query_groups, c.q_per_kv + 2, c.head_size)
-        q = qkv[:, :, :, : c.q_per_kv].reshape(B, 1, c.n_head, c.head_size).transpose(1, 2)
-        k = qkv[:, :, :, c.q_per_kv].transpose(1, 2)
-        v = qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = split_heads(self.attn(x).view(B, 1, c.n_query_groups, c.q_per_kv + 2, c.head_size), cos, sin, c)
         cache_k.index_copy_(2, pos, k)
         cache_v.index_copy_(2, pos, v)
         y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, c.q_per_kv, c.head_size), cache_k, cache_v,

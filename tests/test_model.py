@@ -295,6 +295,33 @@ def test_the_last_block_computes_only_the_kept_positions(tiny_model):
         hook.remove()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_with_the_sign_folded_into_sin_is_litgpt_rope_bit_for_bit(tiny_model, dtype):
+    """apply_rope takes sin with its first half negated (rope_cache) instead of negating half of x each call;
+    the values must be LitGPT's x * cos + cat(-x2, x1) * sin exactly, queries and keys roped together."""
+    from omni.model import rope_cache, split_heads
+
+    c = tiny_model.lm.cfg
+    cos, sin_folded = rope_cache(c)
+    n = c.rope_n_elem
+    angles = torch.outer(torch.arange(c.block_size).float(),
+                         1.0 / (c.rope_base ** (torch.arange(0, n, 2).float() / n))).repeat(1, 2)
+    assert torch.equal(cos, angles.cos())
+    L, start = 5, 7
+    cos, sin, sin_folded = (t[start:start + L].to(dtype) for t in (cos, angles.sin(), sin_folded))
+
+    def litgpt(x):  # [B, H, L, hs]
+        x1, x2 = x[..., : n // 2], x[..., n // 2:]
+        return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(dtype)
+
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(2, L, c.n_query_groups, c.q_per_kv + 2, c.head_size, generator=g).to(dtype)
+    q, k, v = split_heads(qkv, cos, sin_folded, c)
+    assert torch.equal(q, litgpt(qkv[:, :, :, : c.q_per_kv].reshape(2, L, c.n_head, c.head_size).transpose(1, 2)))
+    assert torch.equal(k, litgpt(qkv[:, :, :, c.q_per_kv].transpose(1, 2)))
+    assert torch.equal(v, qkv[:, :, :, c.q_per_kv + 1].transpose(1, 2))
+
+
 @torch.inference_mode()
 def test_whisper_attention_in_bfloat16_approximates_float32(tiny_model, media):
     """int8 mode may run Whisper's attention in bf16 (where the CPU is faster in it), either way: close to the fp32
