@@ -14,20 +14,21 @@ from webui.engine import Engine, EngineConfig, freeze_heap
 class UnevenModel:
     """Speaks a steady tone in chunks that arrive on a fixed schedule: [(delay before the chunk, seconds)]."""
 
-    def __init__(self, schedule):
-        self.schedule = schedule
+    def __init__(self, schedule, device="cpu", quantize=None):
+        self.schedule, self.device, self.quantize = schedule, device, quantize
 
     def stream(self, task, audio=None, image=None, text=None, options=None, stride=None, mode="smooth", cancel=None):
         stats = Stats(task=task, prompt_length=10)
         t = np.arange(int(sum(s for _, s in self.schedule) * OUT)) / OUT
         pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
-        pos = 0
+        pos, t0 = 0, time.monotonic()
         for delay, seconds in self.schedule:
             time.sleep(delay)
             n = int(seconds * OUT)
             stats.audio_seconds += n / OUT
             yield AudioChunk(pcm[pos:pos + n])
             pos += n
+        stats.total_s = time.monotonic() - t0
         yield Finished(Result(task, 10, [], [], "", pcm, stats))
 
 
@@ -35,7 +36,7 @@ class UnevenModel:
 UNEVEN = [(0.1, 0.17), (0.35, 0.17), (0.15, 0.34), (0.2, 0.34), (0.2, 0.68), (0.4, 0.68)]
 
 
-def played_speech(model, prebuffer_s, listen_s=4.0, **config):
+def played_speech(model, prebuffer_s, listen_s=4.0, session=None, **config):
     engine = Engine(model, EngineConfig(policy="off", prebuffer_s=prebuffer_s, **config), recordings_dir=None,
                     options_cls=Options)
     freeze_heap()  # as the apps do once loaded: a full GC pass of this test process stalls every thread ~0.3 s
@@ -46,6 +47,8 @@ def played_speech(model, prebuffer_s, listen_s=4.0, **config):
         t_sent = time.monotonic()
         played = run_realtime(s, silence(listen_s, SR))
         loud = [p.t for p in played if p.rms > 0.05]
+        if session is not None:
+            session.append(s)
         gaps = np.diff(loud) - 0.02  # silence between consecutive 20 ms frames of speech
         return loud[0] - t_sent, gaps, len(loud) * 0.02
     finally:
@@ -82,3 +85,23 @@ def test_a_prebuffer_above_max_ahead_does_not_wait_forever():
     """Generation pauses once max_ahead_s of speech is waiting; playback must not wait for more than that."""
     start, gaps, heard = played_speech(UnevenModel([(0.05, 0.5)] * 6), 5.0, listen_s=4.5, max_ahead_s=1.0)
     assert start < 0.5 and heard == pytest.approx(3.0, abs=0.08) and gaps.max() < 0.1
+
+
+@pytest.mark.parametrize("quantize,fix", [(None, "--quantize int8"), ("int8", "--prebuffer")])
+def test_an_answer_slower_than_real_time_says_what_would_make_speech_smooth(quantize, fix):
+    slow = [(0.3, 0.2)] * 6  # 1.5 x real time: playback runs dry
+    session = []
+    played_speech(UnevenModel(slow, quantize=quantize), 0.3, listen_s=3.5, session=session)
+    s = session[0]
+    turn = s.history[-1]
+    assert turn.status == "done" and turn.timings["rebuffers"] >= 1 and turn.timings["real_time_factor"] > 1.2
+    assert "slower than it plays" in s.notice and fix in s.notice, s.notice
+    assert s.snapshot()["notice"] == s.notice  # what both pages show in their status line
+
+
+def test_an_answer_faster_than_real_time_gets_no_speed_hint():
+    session = []
+    played_speech(UnevenModel(UNEVEN), 0.3, session=session)
+    s = session[0]
+    assert s.history[-1].status == "done" and s.history[-1].timings["real_time_factor"] < 1
+    assert s.notice == ""

@@ -1098,6 +1098,10 @@ class Session:
         m = turn.timings.get("model") or {}
         turn.timings.setdefault("steps_per_s", m.get("steps_per_s"))
         turn.timings.setdefault("real_time_factor", m.get("real_time_factor"))
+        hint = slow_speech_hint(turn.timings.get("rebuffers", 0), turn.timings.get("real_time_factor"),
+                                self.engine.model)
+        if hint and turn.status == "done":
+            self.notice = hint
         self._event("turn_finished", index=turn.index, status=turn.status)
         self._save_outputs(turn)
         if turn.user_audio is not None and self.engine.checker is not None and not turn.user_transcript:
@@ -1265,6 +1269,22 @@ def model_timings(stats, throttled_s: float) -> dict:
         d["real_time_factor"] = round(max(0.0, stats.total_s - throttled_s) / stats.audio_seconds, 3)
     d["throttled_s"] = round(throttled_s, 3)
     return d
+
+
+def slow_speech_hint(rebuffers: int, real_time_factor: float | None, model) -> str:
+    """What to tell a user whose answer paused because the model made its speech slower than it plays (a fp32
+    model on a small CPU); "" when playback did not pause or the pauses had another cause (then the rate,
+    measured without the time the answer waited for others, is below 1)."""
+    if not rebuffers or real_time_factor is None or real_time_factor <= 1.0:
+        return ""
+    device = getattr(model, "device", None)
+    if getattr(device, "type", device) == "cpu" and not getattr(model, "quantize", None):
+        fix = "start the app with --quantize int8 (about 3x faster on a CPU; fp32 is the exact mode)"
+    else:
+        fix = "raise the playback prebuffer (--prebuffer; on the Gradio page also in its settings)"
+    times = "once" if rebuffers == 1 else f"{rebuffers} times"
+    return (f"Speech paused {times}: this machine makes speech slower than it plays (real-time factor "
+            f"{real_time_factor:.2f}). For speech without pauses, {fix}.")
 
 
 def truncate_text(turn: Turn, played_s: float) -> str:
