@@ -132,15 +132,23 @@ def full_heads(model):
     return ref
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform knows."""
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (Linux) with its family and model numbers, which tell CPU generations apart where a
+    VM hides the name ("AMD EPYC" is a Zen 4 at family 25, a Zen 5 at 26); else what platform knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break  # the first processor's block is enough
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    ids = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return fields["model name"] + (f" ({', '.join(ids)})" if ids else "")
 
 
 def run_bench(a) -> dict:

@@ -162,6 +162,17 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
 
 
+def test_bench_names_the_cpu_with_its_family_and_model():
+    """A VM may call every AMD CPU "AMD EPYC"; the family and model numbers tell a Zen 4 from a Zen 5."""
+    from omni.bench import cpu_name
+
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+            "\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: other\n")
+    assert cpu_name(info) == "AMD EPYC (cpu family 26, model 2)"  # the first processor's block
+    assert cpu_name("model name\t: Some CPU\n") == "Some CPU"
+    assert cpu_name("flags\t: fpu\n")  # no model name: the platform's word, never empty
+
+
 def test_fp32_bench_reports_the_head_screen_and_its_agreement_with_the_whole_heads(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc, stdout, _ = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, "--steps", 3, "--stream-steps", 12,
