@@ -196,7 +196,7 @@ def run_bench(a) -> dict:
         "device": str(model.device), "dtype": a.dtype, "quantize": a.quantize or "none",
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "decode_matmul": small_rows_kernel(),
         **({"int8_engines": model.int8_engines} if model.int8_engines else {}),
-        "decode_path": model.decode_path, "whisper_attention": model.whisper_attention,
+        "decode_path": model.decode_path, "whisper_attention": model.whisper_attention, "snac_dtype": model.snac_dtype,
         "head_screen": screen_stats(model.lm),
         "prompt_length": prompt.length, "load_s": round(load_s, 2),
         "whisper_ms": round(whisper_ms, 1), "prefill_ms": round(prefill_s * 1000, 1),

@@ -16,6 +16,7 @@ import torch
 from . import audio as audio_io
 from .checkpoint import check_files, default_snac_dir, load_lm, verify_known_file
 from .codec import SpeechDecoder, decode_frames, load_snac
+from .codec import fastest_dtype as fastest_snac_dtype
 from .codec import warm_up as warm_up_snac
 from .config import ModelConfig, Vocab
 from .decoding import DecodingOptions, speech_entries, text_entries
@@ -216,8 +217,17 @@ class Omni:
             # the heap settings above: before them each head's 4.5 MB of scores was a fresh mmap (+60 %)
             self.whisper_attention = audio_io.fastest_attention(self.whisper_dims)
             say(f"Whisper attention: {self.whisper_attention}")
+            if self.device.type == "cpu" and fastest_snac_dtype(self.snac) == torch.bfloat16:
+                self.snac.to(torch.bfloat16)  # 40 MB less, too
+                warm_up_snac(self.snac)
+                say("SNAC decodes in bfloat16")
         self.load_s = time.perf_counter() - t0
         say(f"ready in {self.load_s:.1f} s")
+
+    @property
+    def snac_dtype(self) -> str:
+        """What SNAC decodes in: float32, or bfloat16 where int8 mode found that faster on this CPU."""
+        return str(next(self.snac.parameters()).dtype).removeprefix("torch.")
 
     # -- inputs ----------------------------------------------------------------------------------------
     @torch.inference_mode()

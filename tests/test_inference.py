@@ -235,6 +235,49 @@ def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
     assert (a - b).abs().max() < 1e-4 * b.abs().max()
 
 
+def test_snac_in_bfloat16_is_chosen_by_timing_and_stays_close_to_float32(tiny_ckpt, monkeypatch):
+    """int8 mode may decode speech with a bf16 copy of SNAC where this CPU is faster in it; the waveform (the
+    decoder's noise left out) must stay close to fp32's, and the fp32 model is never changed."""
+    import time
+
+    from omni import codec
+    from omni.tokens import frames_to_codes
+
+    real = codec.SpeechDecoder.render
+
+    def slow_except(fast):
+        def render(self, job):
+            if next(self.snac.parameters()).dtype != fast:
+                time.sleep(0.02)
+            return real(self, job)
+        return render
+    snac = codec.load_snac(tiny_ckpt / "snac_24khz")
+    for fast in (torch.float32, torch.bfloat16):
+        monkeypatch.setattr(codec.SpeechDecoder, "render", slow_except(fast))
+        assert codec.fastest_dtype(snac) == fast
+        assert next(snac.parameters()).dtype == torch.float32  # timed on a copy
+    monkeypatch.setattr(codec.SpeechDecoder, "render", slow_except(None))  # bf16 not 20 % faster: fp32
+    assert codec.fastest_dtype(snac) == torch.float32
+
+    monkeypatch.setattr(codec.SpeechDecoder, "render", slow_except(torch.bfloat16))
+    m = omni.load_model(tiny_ckpt, device="cpu", quantize="int8")
+    assert m.snac_dtype == "bfloat16"
+    assert omni.load_model(tiny_ckpt, device="cpu").snac_dtype == "float32"  # the exact mode never switches
+    monkeypatch.setattr(codec.SpeechDecoder, "render", real)
+    r = m.generate("T1A2", text="hi", options=omni.DecodingOptions(max_new_tokens=12, ignore_stop=True))
+    assert r.audio.dtype == np.int16 and len(r.audio) == (12 - 7) * 2048 and np.abs(r.audio).max() > 0
+
+    for mod in list(snac.modules()) + list(m.snac.modules()):
+        if type(mod).__name__ == "NoiseBlock":
+            mod.forward = lambda x: x  # random by design: would hide the dtype's own error
+    rng = np.random.RandomState(2)
+    codes = frames_to_codes([list(rng.randint(0, 4096, 7)) for _ in range(9)])
+    with torch.inference_mode():
+        want, got = snac.decode(codes), m.snac.decode(codes).float()
+    err = float((got - want).norm() / want.norm())
+    assert 0 < err < 0.05, err
+
+
 def test_a_request_reuses_the_features_of_the_audio_just_encoded(tiny_model, media, monkeypatch):
     """The app encodes a spoken turn while the end-of-turn silence runs out; the answer must then skip Whisper
     and give the tokens it gives without that head start."""
