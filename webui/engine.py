@@ -1279,7 +1279,7 @@ def slow_speech_hint(rebuffers: int, real_time_factor: float | None, model) -> s
         return ""
     device = getattr(model, "device", None)
     if getattr(device, "type", device) == "cpu" and not getattr(model, "quantize", None):
-        fix = "start the app with --quantize int8 (about 3x faster on a CPU; fp32 is the exact mode)"
+        fix = "start the app with --quantize int8 (2-3x faster on a CPU; fp32 is the exact mode)"
     else:
         fix = "raise the playback prebuffer (--prebuffer; on the Gradio page also in its settings)"
     times = "once" if rebuffers == 1 else f"{rebuffers} times"
