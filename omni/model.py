@@ -126,17 +126,14 @@ class Attention(nn.Module):
         cache_k[:, :, start:end] = k
         cache_v[:, :, start:end] = v
         keys, values = cache_k[:, :, :end], cache_v[:, :, :end]
-        if Lq < L:  # the last Lq positions of a prompt chunk against everything up to them
-            mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)[-Lq:]
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        elif L == 1:
+        if L == 1:
             # one new position attends to every cached one: fold the query heads of a group into the
             # "sequence" axis so each group is one matmul against its own K/V, no expansion, no mask
             y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, c.q_per_kv, c.head_size), keys, values)
-        elif start == 0:  # a prompt from the start: plain causal (fused kernels on GPUs; the same values on CPU)
+        elif start == 0 and Lq == L:  # a whole prompt from the start: causal (fused on GPUs; same values on CPU)
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-        else:
-            mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        else:  # a prompt chunk after cached positions, or only its last Lq queries: each sees up to itself
+            mask = torch.ones(L, end, dtype=torch.bool, device=x.device).tril(diagonal=start)[-Lq:]
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return self.proj(y.reshape(B, c.n_head, Lq, c.head_size).transpose(1, 2).reshape(B, Lq, -1))
 
