@@ -63,3 +63,25 @@ def media(tmp_path_factory) -> dict[str, Path]:
     shutil.copy(out["speech16k"], d / "speech_as.png")
     out["wav_as_png"] = d / "speech_as.png"
     return out
+
+
+class VirtualClock:
+    """Time for the load-time choices' tests: each candidate advances it by a set cost, and `best_ms` (patched
+    over omni.linear.best_ms where a module imported it) reads how far one call moved it. The choice then does
+    not hang on this machine's noise."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def advance(self, cost: float) -> None:
+        self.now += cost
+
+    def best_ms(self, fn, reps: int) -> float:
+        start = self.now
+        fn()
+        return self.now - start
+
+
+@pytest.fixture
+def virtual_clock() -> VirtualClock:
+    return VirtualClock()

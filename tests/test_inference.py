@@ -235,26 +235,22 @@ def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
     assert (a - b).abs().max() < 1e-4 * b.abs().max()
 
 
-def test_snac_in_bfloat16_is_chosen_by_timing_and_stays_close_to_float32(tiny_ckpt, monkeypatch):
+def test_snac_in_bfloat16_is_chosen_by_timing_and_stays_close_to_float32(tiny_ckpt, monkeypatch, virtual_clock):
     """int8 mode may decode speech with a bf16 copy of SNAC where this CPU is faster in it (at least 20 %); the
     waveform (the decoder's noise left out) must stay close to fp32's, and the fp32 model is never changed.
-    Timed on a virtual clock that each decode advances by its dtype's cost: no dependence on this machine's noise."""
+    Timed on a virtual clock that each decode advances by its dtype's cost."""
     from omni import codec
     from omni.tokens import frames_to_codes
 
-    real, clock = codec.SpeechDecoder.render, [0.0]
+    real = codec.SpeechDecoder.render
 
     def costs(fp32, bf16):
         def render(self, job):
-            clock[0] += fp32 if next(self.snac.parameters()).dtype == torch.float32 else bf16
+            virtual_clock.advance(fp32 if next(self.snac.parameters()).dtype == torch.float32 else bf16)
             return real(self, job)
         return render
 
-    def virtual_best_ms(fn, reps):
-        start = clock[0]
-        fn()
-        return clock[0] - start
-    monkeypatch.setattr(codec, "best_ms", virtual_best_ms)
+    monkeypatch.setattr(codec, "best_ms", virtual_clock.best_ms)
     snac = codec.load_snac(tiny_ckpt / "snac_24khz")
     for (fp32, bf16), want in (((1.0, 10.0), torch.float32), ((10.0, 1.0), torch.bfloat16),
                                ((10.0, 9.0), torch.float32)):  # 10 % faster: not worth it

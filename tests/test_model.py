@@ -354,24 +354,19 @@ def test_attention_kinds_compute_attention():
         assert ((got.double() - want).norm() / want.norm()) < tol, kind
 
 
-def test_whisper_attention_kind_is_chosen_by_timing(tiny_model, monkeypatch):
-    """fastest_attention keeps the quickest kind only if it beats fp32 SDPA by 20 %. Timed on a virtual clock that
-    each call advances by its kind's cost, so the outcome does not hang on this machine's noise."""
+def test_whisper_attention_kind_is_chosen_by_timing(tiny_model, monkeypatch, virtual_clock):
+    """fastest_attention keeps the quickest kind only if it beats fp32 SDPA by 20 % (timed on a virtual clock)."""
     from omni import audio
 
-    real, clock = audio.attention, [0.0]
+    real = audio.attention
 
     def costs(cost):
         def attention(q, k, v, kind="sdpa"):
-            clock[0] += cost[kind]
+            virtual_clock.advance(cost[kind])
             return real(q, k, v, kind)
         return attention
 
-    def virtual_best_ms(fn, reps):
-        start = clock[0]
-        fn()
-        return clock[0] - start
-    monkeypatch.setattr(audio, "best_ms", virtual_best_ms)
+    monkeypatch.setattr(audio, "best_ms", virtual_clock.best_ms)
     dims = tiny_model.whisper_dims
     kinds = ("sdpa", "sdpa-bf16", "matmul-bf16")
     for fast in kinds:
