@@ -11,6 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.whl/' >> .git/info/exclude; }
+# Python packages of the device image that omni needs (from the device tool's KINDS.md; pip names);
+# tests/test_gpu_wheels.py checks that these and the wheels below cover every distribution omni imports
+DEVICE_HAS=(torch numpy transformers tokenizers huggingface-hub safetensors pyyaml tqdm pillow tiktoken regex
+            numba llvmlite scipy scikit-learn joblib lazy-loader msgpack einops requests packaging
+            typing-extensions psutil filelock fsspec triton)
 rm -rf .whl && mkdir .whl
 binary=(snac==1.2.1 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 librosa==0.11.0
         audioread==3.1.0 pooch==1.9.0 platformdirs==4.14.9 decorator==5.3.1 more-itertools==11.2.1
