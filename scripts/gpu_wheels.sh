@@ -6,11 +6,11 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=/tmp/site && python3 scripts/gpu_check.py --out $OUT
 #
-# The versions are those of requirements.txt / the local .venv; the list is checked by running the omni tests
-# in a venv that holds only the device's packages plus these (see README, "GPU check").
+# The versions are those of requirements.txt / the local .venv. The list was checked by running the omni tests
+# and `scripts/gpu_check.py --device cpu` in a venv holding only the image's packages plus these (README, "GPU
+# decoding"); tests/test_gpu_wheels.py keeps it complete as omni's imports change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.whl/' >> .git/info/exclude; }
 # Python packages of the device image that omni needs (from the device tool's KINDS.md; pip names);
 # tests/test_gpu_wheels.py checks that these and the wheels below cover every distribution omni imports
 DEVICE_HAS=(torch numpy transformers tokenizers huggingface-hub safetensors pyyaml tqdm pillow tiktoken regex
