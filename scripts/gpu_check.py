@@ -42,9 +42,12 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--checkpoint", default="/tmp/full")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--device", default="cuda", help="cuda, or cpu to rehearse the script without a GPU")
-    ap.add_argument("--max-new-tokens", type=int, default=64, help="answer length of the token comparison")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cuda, or cpu to rehearse the script without a GPU")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="answer length of the token comparison (>= 8)")
     a = ap.parse_args()
+    if a.max_new_tokens < 8:  # speech tokens start after the 7-step delay: fewer would compare no audio
+        ap.error("--max-new-tokens must be at least 8")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rehearsal = a.device == "cpu"

@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Downloads into .whl/ the Python 3.12 wheels that the lent GPU machine lacks (the `device` tool's nvidia-h200
 # image has torch, transformers, tokenizers, numba, tiktoken and scipy, but not these), so that a session with a
-# GPU spends no device time on installing. Run it here, then on the device machine (carry: [".whl"]):
-#
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#     .whl/*.whl && export PYTHONPATH=/tmp/site && python3 scripts/gpu_check.py --out $OUT
+# GPU spends no device time on installing. Run it here; the device command that installs them there (carry:
+# [".whl"]) and runs the check is in scripts/gpu_check.py's docstring.
 #
 # The versions are those of requirements.txt / the local .venv. The list was checked by running the omni tests
 # and `scripts/gpu_check.py --device cpu` in a venv holding only the image's packages plus these (README, "GPU
@@ -27,7 +25,6 @@ done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d .whl "${binary[@]}"
 # openai-whisper ships only as an sdist; it is pure Python, so a wheel built here installs there
-python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl openai-whisper==20250625 2>/dev/null \
-  || python3 -m pip wheel -q --no-deps -w .whl openai-whisper==20250625
+python3 -m pip wheel -q --no-deps -w .whl openai-whisper==20250625
 ls .whl
 du -sh .whl
