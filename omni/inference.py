@@ -190,7 +190,7 @@ class Omni:
             if choose_small_rows_kernel() == TRANSPOSED:
                 split_long_inputs(self.lm)  # the MLP projections as column blocks: faster with that kernel
             say(f"decoding matmuls: {small_rows_kernel()}")
-            # greedy ids through an int8 screen of the head (same ids, a quarter of its bytes), ~1.5 s
+            # greedy ids through an int8 screen of the head (same ids, a quarter of its bytes), ~1 s
             if self.lm.screen_heads():
                 say("greedy heads screened in int8")
         self.decode_path = "eager"
@@ -207,7 +207,6 @@ class Omni:
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
         self.snac.to(self.device)
-        warm_up_snac(self.snac)
         audio_io.warm_up()
         release_freed_memory()
         _mmap_threshold(32 << 20)
@@ -219,8 +218,8 @@ class Omni:
             say(f"Whisper attention: {self.whisper_attention}")
             if self.device.type == "cpu" and fastest_snac_dtype(self.snac) == torch.bfloat16:
                 self.snac.to(torch.bfloat16)  # 40 MB less, too
-                warm_up_snac(self.snac)
                 say("SNAC decodes in bfloat16")
+        warm_up_snac(self.snac)  # once its dtype is settled
         self.load_s = time.perf_counter() - t0
         say(f"ready in {self.load_s:.1f} s")
 
