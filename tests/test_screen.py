@@ -49,6 +49,16 @@ def test_bounds_hold_and_argmax_is_the_fp32_one():
     assert screen.candidates / max(1, screen.calls - screen.fallbacks) < 400
 
 
+def test_the_chunk_size_of_the_build_does_not_change_the_screen():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(1000, 80, generator=g) * torch.rand(1000, 1, generator=g)
+    small, whole = ScreenedArgmax(w, chunk=128), ScreenedArgmax(w, chunk=1000)  # 1000 = 7 x 128 + a 104-row tail
+    for name in ("scale", "quant_norm", "weight_slack"):
+        assert torch.equal(getattr(small, name), getattr(whole, name)), name
+    x = torch.randn(80, generator=g)
+    assert torch.equal(small.approximate(x)[0], whole.approximate(x)[0])
+
+
 def test_groups_take_their_own_argmax():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(7 * 300, 64, generator=g)
