@@ -323,6 +323,29 @@ def test_int8_parts_are_packed_for_the_engine_timed_fastest(monkeypatch):
     assert quantize.fastest_engine(8, 32, 16, reps=2) == quantize.engines()[1]
 
 
+def test_int8_engine_timing_keeps_the_first_engine_on_a_near_tie(monkeypatch):
+    """Another engine must be clearly faster (15 %) to replace "x86", whose packing takes half the memory."""
+    from omni import quantize
+
+    first, other = quantize.engines()[:2]
+    ran, times = [], {}
+
+    def packed_for(module, engine=None):
+        return lambda x: ran.append(engine)  # a packed layer that only notes which engine ran it
+
+    def timed(fn, reps):
+        fn()
+        return times[ran[-1]]
+    monkeypatch.setattr(quantize, "_dynamic", packed_for)
+    monkeypatch.setattr(quantize, "best_ms", timed)
+    times.update({first: 1.0, other: 0.9})  # 10 % faster: not enough
+    assert quantize.fastest_engine(2, 32, 16) == first
+    times.update({first: 1.0, other: 0.8})  # 20 % faster
+    assert quantize.fastest_engine(2, 32, 16) == other
+    times.update({first: 0.9, other: 1.0})
+    assert quantize.fastest_engine(2, 32, 16) == first
+
+
 @torch.inference_mode()
 def test_int8_packings_give_the_same_values():
     """The engine choice is speed only: x86/fbgemm and oneDNN packings of one weight compute the same."""
