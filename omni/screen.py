@@ -28,6 +28,10 @@ _Q_ACT = 63
 _Q_WEIGHT = 127
 _WIDEN = 1 + 1e-3
 _MARGIN = 1e-4  # relative to ||w_i|| ||x||: fp32 rounding of the scaled products and of the reference scores
+# The build's chunks: each temporary stays under the 1 MiB mmap threshold the loader sets, so it reuses the heap
+# instead of faulting in fresh pages (8192-row chunks of the full-size head, 29 MB each: 3.9 s at load; 512 KiB
+# ones, 146 rows: 0.5-1.0 s; the same values)
+_CHUNK_BYTES = 512 << 10
 
 
 def _onednn_ops():
@@ -42,7 +46,7 @@ class ScreenedArgmax:
     """argmax of `weight @ x` within each of `groups` equal, consecutive slices of the rows; `weight` [N, D] is
     fp32 and stays the caller's (a view of the shared embedding matrix here: no fp32 copy is made)."""
 
-    def __init__(self, weight: torch.Tensor, groups: int = 1, chunk: int = 128):
+    def __init__(self, weight: torch.Tensor, groups: int = 1, chunk: int | None = None):
         ops = _onednn_ops()
         if ops is None:
             raise RuntimeError("this torch build has no oneDNN quantised linear (torch.ops.onednn.qlinear_*)")
@@ -55,9 +59,7 @@ class ScreenedArgmax:
         self.scale = torch.empty(n)
         self.quant_norm = torch.empty(n)  # ||w^_i||
         self.weight_slack = torch.empty(n)  # ||w_i - w^_i|| + margin ||w_i||
-        # in small chunks: no full-size temporary, and each chunk's temporaries (~0.5 MB) stay under the 1 MiB
-        # mmap threshold the loader sets, so they reuse the heap instead of faulting in fresh pages (8192-row
-        # chunks: 3.9 s at load, 128 rows: ~0.5 s; the same values)
+        chunk = chunk or max(1, _CHUNK_BYTES // (4 * d))  # rows at a time: no full-size temporary
         for a in range(0, n, chunk):
             w = weight[a:a + chunk].float()  # a view for fp32 weights: never written
             s = w.abs().amax(1) / _Q_WEIGHT

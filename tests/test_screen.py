@@ -51,12 +51,13 @@ def test_bounds_hold_and_argmax_is_the_fp32_one():
 
 def test_the_chunk_size_of_the_build_does_not_change_the_screen():
     g = torch.Generator().manual_seed(5)
-    w = torch.randn(1000, 80, generator=g) * torch.rand(1000, 1, generator=g)
-    small, whole = ScreenedArgmax(w, chunk=128), ScreenedArgmax(w, chunk=1000)  # 1000 = 7 x 128 + a 104-row tail
+    w = torch.randn(1000, 2048, generator=g) * torch.rand(1000, 1, generator=g)
+    # the default chunks, 512 KiB: 64 rows of 2048 (15 chunks and a 40-row tail), against one chunk
+    chunked, whole = ScreenedArgmax(w), ScreenedArgmax(w, chunk=1000)
     for name in ("scale", "quant_norm", "weight_slack"):
-        assert torch.equal(getattr(small, name), getattr(whole, name)), name
-    x = torch.randn(80, generator=g)
-    assert torch.equal(small.approximate(x)[0], whole.approximate(x)[0])
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+    x = torch.randn(2048, generator=g)
+    assert torch.equal(chunked.approximate(x)[0], whole.approximate(x)[0])
 
 
 def test_groups_take_their_own_argmax():
