@@ -303,47 +303,28 @@ def test_a_request_reuses_the_features_of_the_audio_just_encoded(tiny_model, med
     assert len(calls) == 3 and again.text_ids == want.text_ids and again.audio_ids == want.audio_ids
 
 
-def test_int8_parts_are_packed_for_the_engine_timed_fastest(monkeypatch):
-    """fastest_engine times each quantised engine's packing of one matmul and keeps the quickest."""
-    import time
-
+def test_int8_parts_are_packed_for_the_engine_timed_fastest(monkeypatch, virtual_clock):
+    """fastest_engine times each quantised engine's packing of one matmul and keeps the quickest, but another
+    engine must be clearly faster (15 %) to replace "x86", whose packing takes half the memory. Timed on a virtual
+    clock that each packed layer's call advances by its engine's cost."""
     from omni import quantize
 
     assert len(quantize.engines()) >= 2  # the pinned CPU torch ships x86 (fbgemm) and oneDNN
-    slow = quantize.engines()[0]
-    real = quantize._dynamic
-
-    def packed_with_delay(module, engine=None):
-        out = real(module, engine)
-        if engine == slow:
-            forward = out.forward
-            out.forward = lambda x: (time.sleep(0.003), forward(x))[1]
-        return out
-    monkeypatch.setattr(quantize, "_dynamic", packed_with_delay)
-    assert quantize.fastest_engine(8, 32, 16, reps=2) == quantize.engines()[1]
-
-
-def test_int8_engine_timing_keeps_the_first_engine_on_a_near_tie(monkeypatch):
-    """Another engine must be clearly faster (15 %) to replace "x86", whose packing takes half the memory."""
-    from omni import quantize
-
     first, other = quantize.engines()[:2]
-    ran, times = [], {}
+    real, cost = quantize._dynamic, {}
 
-    def packed_for(module, engine=None):
-        return lambda x: ran.append(engine)  # a packed layer that only notes which engine ran it
-
-    def timed(fn, reps):
-        fn()
-        return times[ran[-1]]
-    monkeypatch.setattr(quantize, "_dynamic", packed_for)
-    monkeypatch.setattr(quantize, "best_ms", timed)
-    times.update({first: 1.0, other: 0.9})  # 10 % faster: not enough
-    assert quantize.fastest_engine(2, 32, 16) == first
-    times.update({first: 1.0, other: 0.8})  # 20 % faster
-    assert quantize.fastest_engine(2, 32, 16) == other
-    times.update({first: 0.9, other: 1.0})
-    assert quantize.fastest_engine(2, 32, 16) == first
+    def packed_with_cost(module, engine=None):
+        out = real(module, engine)
+        forward = out.forward
+        out.forward = lambda x: (virtual_clock.advance(cost[engine]), forward(x))[1]
+        return out
+    monkeypatch.setattr(quantize, "_dynamic", packed_with_cost)
+    monkeypatch.setattr(quantize, "best_ms", virtual_clock.best_ms)
+    for first_ms, other_ms, want in ((10.0, 1.0, other), (1.0, 0.8, other),  # 20 % faster
+                                     (1.0, 0.9, first),  # 10 % faster: not enough
+                                     (0.9, 1.0, first)):
+        cost.update({first: first_ms, other: other_ms})
+        assert quantize.fastest_engine(8, 32, 16, reps=2) == want, (first_ms, other_ms)
 
 
 @torch.inference_mode()
