@@ -104,37 +104,37 @@ def speech_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, op
     B, L, _ = x.shape
     text_row = B - 1
     sample = Sampler(opts, x.device)
-    stepper = lm.stepper(B, L + n_entries)
-    h = lm.prefill(x, stepper.cache)
-    audio = sample.audio(lm, h[:1])
-    text = sample.text(lm, h[text_row:text_row + 1])
-    info["stop"] = "budget"
-    yield audio + [text]  # entry 0: an eot here does not start pad forcing, an eoa here does not stop
-    text_done = False
-    shift = torch.arange(N_AUDIO_LAYERS, device=x.device) * vocab.audio_vocab_size + vocab.text_vocab_size
-    ids = torch.empty(B, 8, dtype=torch.long, device=x.device)
-    if B == 2:
-        ids[1, :7] = shift + vocab.pad_a
-    for step in range(1, n_entries):
-        if cancel is not None and cancel.is_set():
-            info["stop"] = "cancelled"
-            return
-        ids[0, :7] = shift + torch.tensor(audio, device=x.device)
-        ids[:, 7] = text
-        h = stepper.step(ids, L + step - 1)
+    with lm.stepper(B, L + n_entries) as stepper:  # held to the end: its KV cache is this request's
+        h = lm.prefill(x, stepper.cache)
         audio = sample.audio(lm, h[:1])
-        if text_done and opts.greedy:
-            text = vocab.pad_t  # forced below anyway: skip the text head (a fifth of a CPU step)
-        else:  # sampling draws the discarded text token too, as the official loop, to keep the random stream
-            text = sample.text(lm, h[text_row:text_row + 1])
-        if audio[6] == vocab.eoa and not opts.ignore_stop:
-            info["stop"] = "eoa"
-            return
-        if text_done:
-            text = vocab.pad_t
-        elif text == vocab.eot:
-            text_done = True  # fed back once, then every text token is forced to pad_t
-        yield audio + [text]
+        text = sample.text(lm, h[text_row:text_row + 1])
+        info["stop"] = "budget"
+        yield audio + [text]  # entry 0: an eot here does not start pad forcing, an eoa here does not stop
+        text_done = False
+        shift = torch.arange(N_AUDIO_LAYERS, device=x.device) * vocab.audio_vocab_size + vocab.text_vocab_size
+        ids = torch.empty(B, 8, dtype=torch.long, device=x.device)
+        if B == 2:
+            ids[1, :7] = shift + vocab.pad_a
+        for step in range(1, n_entries):
+            if cancel is not None and cancel.is_set():
+                info["stop"] = "cancelled"
+                return
+            ids[0, :7] = shift + torch.tensor(audio, device=x.device)
+            ids[:, 7] = text
+            h = stepper.step(ids, L + step - 1)
+            audio = sample.audio(lm, h[:1])
+            if text_done and opts.greedy:
+                text = vocab.pad_t  # forced below anyway: skip the text head (a fifth of a CPU step)
+            else:  # sampling draws the discarded text token too, as the official loop, to keep the random stream
+                text = sample.text(lm, h[text_row:text_row + 1])
+            if audio[6] == vocab.eoa and not opts.ignore_stop:
+                info["stop"] = "eoa"
+                return
+            if text_done:
+                text = vocab.pad_t
+            elif text == vocab.eot:
+                text_done = True  # fed back once, then every text token is forced to pad_t
+            yield audio + [text]
 
 
 @torch.inference_mode()
@@ -147,20 +147,20 @@ def text_entries(lm: OmniLM, vocab: Vocab, x: torch.Tensor, n_entries: int, opts
     info = info if info is not None else {}
     B, L, _ = x.shape
     sample = Sampler(opts, x.device)
-    stepper = lm.stepper(B, L + n_entries)
-    h = lm.prefill(x, stepper.cache)
-    text = sample.text(lm, h[:1])
-    info["stop"] = "budget"
-    yield text
-    ids = torch.tensor([[vocab.layershift(vocab.pad_a, i) for i in range(N_AUDIO_LAYERS)] + [0]], device=x.device)
-    for step in range(1, n_entries):
-        if cancel is not None and cancel.is_set():
-            info["stop"] = "cancelled"
-            return
-        ids[0, 7] = text
-        h = stepper.step(ids, L + step - 1)
+    with lm.stepper(B, L + n_entries) as stepper:
+        h = lm.prefill(x, stepper.cache)
         text = sample.text(lm, h[:1])
-        if text == vocab.eot and not opts.ignore_stop:
-            info["stop"] = "eot"
-            return
+        info["stop"] = "budget"
         yield text
+        ids = torch.tensor([[vocab.layershift(vocab.pad_a, i) for i in range(N_AUDIO_LAYERS)] + [0]], device=x.device)
+        for step in range(1, n_entries):
+            if cancel is not None and cancel.is_set():
+                info["stop"] = "cancelled"
+                return
+            ids[0, 7] = text
+            h = stepper.step(ids, L + step - 1)
+            text = sample.text(lm, h[:1])
+            if text == vocab.eot and not opts.ignore_stop:
+                info["stop"] = "eot"
+                return
+            yield text

@@ -199,11 +199,11 @@ class Omni:
 
             say("capturing the decode step as CUDA graphs ...")
             try:
-                self.lm.graphs = capture_decode_graphs(self.lm)
+                self.lm.static_steps = capture_decode_graphs(self.lm)
                 self.decode_path = "cuda graph"
             except RuntimeError as e:  # an unsupported op or driver: decode eagerly, as without the option
                 say(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); decoding eagerly")
-                self.lm.graphs = None
+                self.lm.static_steps = None
         self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
         self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
         self.snac.to(self.device)

@@ -189,7 +189,7 @@ class OmniLM(nn.Module):
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.split_heads: nn.ModuleList | None = None  # set by quantisation: [text head, audio heads]
         self.screens: tuple | None = None  # set by `screen_heads`: int8-screened greedy [text, audio] heads
-        self.graphs: dict | None = None  # batch size -> captured decode step (omni/graphs.py), CUDA only
+        self.static_steps = None  # a StepperPool (omni/graphs.py): captured CUDA graphs, one per active request
 
     # -- inputs -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
@@ -224,10 +224,11 @@ class OmniLM(nn.Module):
         return KVCache(self.cfg, batch, min(capacity, self.cfg.block_size), p.device, p.dtype, zeroed)
 
     def stepper(self, batch: int, capacity: int):
-        """What a decode loop steps with: a captured CUDA graph where `self.graphs` holds one for this batch size
-        (omni/graphs.py), else the eager forward over a cache sized to the request."""
-        if self.graphs is not None and batch in self.graphs:
-            return self.graphs[batch]
+        """What a decode loop steps with, as a context manager held for the whole request: a static (on CUDA,
+        captured) stepper of its own from `self.static_steps` (omni/graphs.py) while one is free, else the eager
+        forward over a cache sized to the request."""
+        if self.static_steps is not None and (s := self.static_steps.take(batch)) is not None:
+            return s
         return EagerStepper(self, batch, capacity)
 
     def prefill(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -332,6 +333,12 @@ class EagerStepper:
 
     def __init__(self, lm, batch: int, capacity: int):
         self.lm, self.cache = lm, lm.new_cache(batch, capacity)
+
+    def __enter__(self) -> "EagerStepper":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cache = None  # freed now, also while the generator object lingers
 
     def step(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
         """ids [B, 8] fed at position pos -> final hidden state [B, D]."""
