@@ -89,16 +89,19 @@ class ScriptedModel:
 
     def __init__(self, answer: str = "The capital of France is Paris, a city famous for its museums, its food, "
                  "its long history and the tall iron tower that stands beside the river.", speed: float = 2.0,
-                 first_delay: float = 0.3, fail_with: Exception | None = None):
+                 first_delay: float = 0.3, fail_with: Exception | None = None, text_delay: float = 0.0):
         self.answer = answer
         self.speed = speed
         self.first_delay = first_delay
         self.fail_with = fail_with
+        self.text_delay = text_delay  # model time per text piece of a text answer (a long answer takes a while)
         self.calls: list[Call] = []
         self.cancelled = 0
         self._lock = threading.Lock()
-        self.concurrent = 0
+        self.concurrent = 0  # streams started and not ended (the worker interleaves them)
         self.max_concurrent = 0
+        self.computing = 0  # streams inside a step right now: never more than one
+        self.max_computing = 0
 
     def stream(self, task, audio=None, image=None, text=None, options=None, stride=4, mode="smooth", cancel=None):
         cancel = cancel or threading.Event()
@@ -107,7 +110,19 @@ class ScriptedModel:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
-            yield from self._stream(task, cancel)
+            steps = self._stream(task, cancel)
+            while True:
+                with self._lock:
+                    self.computing += 1
+                    self.max_computing = max(self.max_computing, self.computing)
+                try:
+                    ev = next(steps)
+                except StopIteration:
+                    return
+                finally:
+                    with self._lock:
+                        self.computing -= 1
+                yield ev
         finally:
             with self._lock:
                 self.concurrent -= 1
@@ -140,6 +155,8 @@ class ScriptedModel:
                 stats.audio_seconds += len(piece) / OUT
                 yield AudioChunk(piece)
                 time.sleep(len(piece) / OUT / self.speed)
+            elif self.text_delay:
+                time.sleep(self.text_delay)
             stats.steps += 4
         stats.cancelled = cancel.is_set()
         if stats.cancelled:

@@ -76,6 +76,10 @@ class EngineConfig:
     # encode a spoken turn while the end-of-turn silence runs out (from EARLY_ENCODE_AFTER_S of silence on):
     # the answer then skips Whisper, up to end_silence_s - EARLY_ENCODE_AFTER_S sooner
     early_encode: bool = True
+    # engine-wide (read from the Engine's config, not a session's): answers the model works on in turns at once
+    # (each holds a KV cache; more wait in the queue), and browser sessions open at once (more are refused)
+    max_active_answers: int = 4
+    max_sessions: int = 16
 
     @classmethod
     def from_options(cls, o) -> "EngineConfig":
@@ -95,6 +99,8 @@ class EngineConfig:
             raise ValueError("max_new_tokens must be between 1 and 4096")
         if not 0 <= self.prebuffer_s <= 10:
             raise ValueError("prebuffer must be between 0 and 10 seconds")
+        if self.max_active_answers < 1 or self.max_sessions < 1:
+            raise ValueError("max_active_answers and max_sessions must be at least 1")
         return self
 
 
@@ -156,7 +162,8 @@ class FreshThreadExecutor:
 # ---------------------------------------------------------------- the model worker (one at a time)
 
 
-GO, WAIT, HOLD = "go", "wait", "hold"  # a started answer's gate: advance it / skip it for now / run nothing at all
+GO, WAIT, HOLD = "go", "wait", "hold"  # a started answer's gate: advance it / skip it (ahead of playback) / skip it
+# (its listener may be saying a stop command). Either way only that answer waits; the others go on.
 
 
 @dataclass
@@ -169,33 +176,33 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     kind: str = "answer"  # or "encode": Whisper features of a turn that may be about to end
     # asked before each step of a started answer: WAIT while its speech is far ahead of playback (the worker
-    # serves other answers meanwhile), HOLD while its listener may be saying a stop command (the CPU is left to
-    # the command check)
+    # serves other answers meanwhile), HOLD while its listener may be saying a stop command
     gate: Callable[[], str] = lambda: GO
     submitted: float = field(default_factory=time.monotonic)
-    started: float | None = None
+    started: float | None = None  # when the worker took it: queue wait is started - submitted
     finished: float | None = None
     paused_s: float = 0.0  # time started but not computing (gated, or another answer's turn): not model time
     events: Iterator[Any] | None = None
     _last_step: float | None = None
+    _turn: int = -1  # the worker's count of advances when this job was last advanced (round-robin order)
 
 
 class ModelWorker:
-    """One thread in front of the model, serving answers in arrival order.
+    """One thread in front of the model, sharing it between answers in turns.
 
-    An answer is a stream of events, advanced one event at a time. A started answer that waits (its speech is
-    far enough ahead of playback) lets the worker advance the next started one, or start the next in the queue:
-    a second session is not kept waiting through the first one's whole playback. The earliest answer that can
-    go always goes first, so a later one only uses time the earlier ones leave. At most `max_active` answers
-    are started at once (each holds a KV cache). Queue position 0 means started.
+    An answer is a stream of events (a text piece, a chunk of speech), advanced one event at a time. A new
+    answer is started at once when fewer than `max_active` are started (each holds a KV cache); then the started
+    answers whose gates say go take turns, the one advanced least recently first. So a user who asks while
+    another's long answer runs waits about one event (at most one chunk of speech) of each other answer for the
+    model to take up the question, not for the whole answer. Queue position 0 means started.
     """
 
-    def __init__(self, model, make_options: Callable[[EngineConfig], Any], max_active: int = 4):
+    def __init__(self, model, max_active: int = 4):
         self.model = model
-        self.make_options = make_options
         self.max_active = max(1, max_active)
         self._jobs: deque[Job] = deque()
         self._active: list[Job] = []  # started, in the order they started
+        self._turns = 0
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="model-worker", daemon=True)
@@ -212,7 +219,7 @@ class ModelWorker:
         with self._cond:
             if job in self._active:
                 return 0
-            ahead = int(any(j.kind == "answer" for j in self._active))
+            ahead = int(len(self._active) >= self.max_active)
             for j in self._jobs:
                 if j is job:
                     return ahead
@@ -247,23 +254,17 @@ class ModelWorker:
             self._thread.join(timeout)
 
     def _next_job(self) -> Job | None:
-        """The job to advance now: the earliest started answer whose gate says go, else a new one from the
-        queue (when there is room); None when everything waits."""
-        with self._cond:
-            active = list(self._active)
-        # gates take their sessions' locks: asked outside the worker's own lock (sessions call in holding theirs)
-        gates = [GO if j.cancel.is_set() else j.gate() for j in active]
-        if HOLD in gates:
-            return None
-        for job, gate in zip(active, gates):
-            if gate == GO:
-                return job
+        """The job to advance now: the next one in the queue while there is room, else, of the started answers
+        whose gates say go, the one advanced least recently; None when every started answer waits."""
         with self._cond:
             if self._jobs and len(self._active) < self.max_active:
                 job = self._jobs.popleft()
                 self._active.append(job)
                 return job
-        return None
+            active = list(self._active)
+        # gates take their sessions' locks: asked outside the worker's own lock (sessions call in holding theirs)
+        ready = [j for j in active if j.cancel.is_set() or j.gate() == GO]
+        return min(ready, key=lambda j: j._turn) if ready else None
 
     def _loop(self) -> None:
         try:
@@ -300,6 +301,8 @@ class ModelWorker:
                 job.events = iter(self.model.stream(job.task, options=opts, cancel=job.cancel, **job.inputs))
             elif job._last_step is not None:
                 job.paused_s += now - job._last_step
+            self._turns += 1
+            job._turn = self._turns
             ev = next(job.events)
             job._last_step = time.monotonic()
             job.on_event(ev)
@@ -383,7 +386,7 @@ class Engine:
         self.config = (config or EngineConfig()).validate()
         self.model = model
         self.options_cls = options_cls
-        self.worker = ModelWorker(model, self._options)
+        self.worker = ModelWorker(model, self.config.max_active_answers)
         self.checker = CommandChecker(transcriber, self.config.phrases) if transcriber is not None else None
         # one ASR thread: the command check must not wait behind a user-transcript job, so two queues
         self.asr_pool = FreshThreadExecutor("asr")
@@ -1022,7 +1025,8 @@ class Session:
                 return
             if turn.status == "queued":
                 turn.status = "running"
-                turn.timings["queue_wait_s"] = round(time.monotonic() - turn.timings["submitted"], 3)
+                # until the worker took the question up (its encoders and prefill are the answer's own time)
+                turn.timings["queue_wait_s"] = round((job.started or time.monotonic()) - turn.timings["submitted"], 3)
             if isinstance(ev, TextDelta):
                 turn.assistant_text += ev.text
                 turn.text_marks.append((turn.generated_s(), len(turn.assistant_text)))
