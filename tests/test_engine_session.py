@@ -327,3 +327,58 @@ def test_an_answer_waiting_for_playback_lets_another_session_be_served(tmp_path)
         assert ta.timings["throttled_s"] > 2.0  # a's answer did wait for its playback
     finally:
         engine.close()
+
+
+def test_sessions_past_the_limit_are_refused_with_a_message(tmp_path):
+    from webui.engine import EngineBusy
+
+    engine = Engine(ScriptedModel("Yes."), EngineConfig(max_sessions=2), transcriber=None,
+                    recordings_dir=str(tmp_path), options_cls=Options)
+    try:
+        a, _ = engine.new_session(), engine.new_session()
+        with pytest.raises(EngineBusy, match="busy.*2 conversations.*Try again"):
+            engine.new_session()
+        engine.close_session(a.id)
+        assert engine.new_session() is not None and engine.sessions == 2
+    finally:
+        engine.close()
+
+
+def test_fifty_turns_with_pictures_keep_memory_bounded(tmp_path):
+    """Each turn sends an 8-megapixel picture (24 MB decoded) and a spoken question: once a turn has ended its
+    picture and audio live in its files, not in memory (50 turns held would be 1.2 GB)."""
+    import gc
+
+    import psutil
+
+    from omni.inference import release_freed_memory
+
+    model = ScriptedModel("Yes.", speed=50.0, first_delay=0.0, keep_inputs=False)
+    engine = Engine(model, EngineConfig(), transcriber=None, recordings_dir=str(tmp_path), options_cls=Options)
+    proc = psutil.Process()
+
+    def held_mb() -> float:  # resident memory once freed blocks are handed back: what is really held
+        gc.collect()
+        release_freed_memory()
+        return proc.memory_info().rss / 2**20
+
+    question = (16000, speech("what is this"))
+    rng = np.random.default_rng(0)
+    try:
+        s = engine.new_session()
+        rss = []
+        for i in range(50):
+            picture = rng.integers(0, 255, (2448, 3264, 3), dtype=np.uint8)
+            t = s.send_upload(audio=question, image=picture)
+            del picture
+            assert s.wait_idle(20) and t.status == "done"
+            if i in (4, 49):
+                rss.append(held_mb())
+        assert len(s.history) == 50
+        assert rss[1] - rss[0] < 200, rss  # 45 turns held in memory would add ~1.1 GB
+        last = s.history[-1]
+        assert last.image is None and last.user_audio is not None  # read back from its file
+        assert abs(last.user_audio_s - len(question[1]) / 16000) < 0.01
+        assert len(last.audio()) == int(round(last.generated_s() * 24000)) > 0
+    finally:
+        engine.close()

@@ -89,12 +89,14 @@ class ScriptedModel:
 
     def __init__(self, answer: str = "The capital of France is Paris, a city famous for its museums, its food, "
                  "its long history and the tall iron tower that stands beside the river.", speed: float = 2.0,
-                 first_delay: float = 0.3, fail_with: Exception | None = None, text_delay: float = 0.0):
+                 first_delay: float = 0.3, fail_with: Exception | None = None, text_delay: float = 0.0,
+                 keep_inputs: bool = True):
         self.answer = answer
         self.speed = speed
         self.first_delay = first_delay
         self.fail_with = fail_with
         self.text_delay = text_delay  # model time per text piece of a text answer (a long answer takes a while)
+        self.keep_inputs = keep_inputs  # False: calls record no audio or image (memory tests)
         self.calls: list[Call] = []
         self.cancelled = 0
         self._lock = threading.Lock()
@@ -105,6 +107,8 @@ class ScriptedModel:
 
     def stream(self, task, audio=None, image=None, text=None, options=None, stride=4, mode="smooth", cancel=None):
         cancel = cancel or threading.Event()
+        if not self.keep_inputs:
+            audio = image = None
         self.calls.append(Call(task, audio, image, text, cancel))
         with self._lock:
             self.concurrent += 1

@@ -351,11 +351,10 @@ class Turn:
     kind: str  # "voice" (live or recorded), "text", "upload"
     task: str
     user_text: str = ""
-    user_audio: np.ndarray | None = None  # float32 16 kHz
-    image: np.ndarray | None = None  # HxWx3 uint8 (the frame or upload used)
+    image: np.ndarray | None = None  # HxWx3 uint8 (the frame or upload used) until the turn ends; then the file
     image_source: str = ""  # "webcam" or "upload"
     assistant_text: str = ""
-    assistant_audio: list[np.ndarray] = field(default_factory=list)  # int16 24 kHz chunks
+    assistant_audio: list[np.ndarray] = field(default_factory=list)  # int16 24 kHz chunks, until the turn ends
     text_marks: list[tuple[float, int]] = field(default_factory=list)  # (audio s generated, text length)
     status: str = "queued"  # queued, running, speaking, done, interrupted, error, cancelled
     error: str = ""
@@ -367,15 +366,56 @@ class Turn:
     timings: dict = field(default_factory=dict)
     started_wall: float = field(default_factory=time.time)
     files: dict = field(default_factory=dict)  # name -> path inside the session folder
+    user_audio_s: float = 0.0
+    _user_audio: np.ndarray | None = field(default=None, repr=False)  # float32 16 kHz, until the turn ends
+    _generated_s: float | None = field(default=None, repr=False)  # set when the chunks are released
+
+    @property
+    def user_audio(self) -> np.ndarray | None:
+        """The question's audio (float32 16 kHz): in memory while the turn runs, read back from its file after."""
+        if self._user_audio is None and "user_audio" in self.files:
+            import soundfile as sf
+
+            return sf.read(self.files["user_audio"], dtype="float32")[0]
+        return self._user_audio
+
+    @user_audio.setter
+    def user_audio(self, a: np.ndarray | None) -> None:
+        self._user_audio = a
+        self.user_audio_s = 0.0 if a is None else len(a) / VAD_RATE
 
     def audio(self) -> np.ndarray:
+        """The answer's speech (int16 24 kHz): what was generated while the turn runs, what was kept (its file)
+        after."""
+        if self._generated_s is not None:
+            if "assistant_audio" not in self.files:
+                return np.zeros(0, np.int16)
+            import soundfile as sf
+
+            return sf.read(self.files["assistant_audio"], dtype="int16")[0]
         return np.concatenate(self.assistant_audio) if self.assistant_audio else np.zeros(0, np.int16)
 
     def generated_s(self) -> float:
+        if self._generated_s is not None:
+            return self._generated_s
         return sum(len(a) for a in self.assistant_audio) / OUT_RATE
+
+    def release_media(self) -> None:
+        """Once the turn has ended and its files are written: drop the arrays (a 16 MP picture is 48 MB), so a long
+        conversation keeps kilobytes per turn in memory; they are read back from the files when asked for."""
+        if "user_audio" in self.files:
+            self._user_audio = None
+        if "image" in self.files:
+            self.image = None
+        self._generated_s = self.generated_s()
+        self.assistant_audio = []
 
 
 # ---------------------------------------------------------------- engine and sessions
+
+
+class EngineBusy(ValueError):
+    """No new session now: as many as the engine takes are open (a message for the user)."""
 
 
 class Engine:
@@ -416,8 +456,12 @@ class Engine:
         )
 
     def new_session(self, config: EngineConfig | None = None) -> "Session":
-        s = Session(self, replace(config or self.config, vad=replace((config or self.config).vad)))
+        """A new conversation; `EngineBusy` when `max_sessions` are open (each holds a VAD, history and files)."""
         with self._lock:
+            if len(self._sessions) >= self.config.max_sessions:
+                raise EngineBusy(f"The assistant is busy: {len(self._sessions)} conversations are open, the most "
+                                 f"this machine takes. Try again in a minute.")
+            s = Session(self, replace(config or self.config, vad=replace((config or self.config).vad)))
             self._sessions[s.id] = s
         return s
 
@@ -1108,13 +1152,15 @@ class Session:
             self.notice = hint
         self._event("turn_finished", index=turn.index, status=turn.status)
         self._save_outputs(turn)
-        if turn.user_audio is not None and self.engine.checker is not None and not turn.user_transcript:
-            self.engine.side_pool.submit(self._transcribe_user, turn)
+        question = turn.user_audio
+        if question is not None and self.engine.checker is not None and not turn.user_transcript:
+            self.engine.side_pool.submit(self._transcribe_user, turn, question)
+        turn.release_media()
         self._bump()
 
-    def _transcribe_user(self, turn: Turn) -> None:
+    def _transcribe_user(self, turn: Turn, question: np.ndarray) -> None:
         try:
-            text = self.engine.checker.transcribe(turn.user_audio)
+            text = self.engine.checker.transcribe(question)
         except Exception:
             return
         with self._lock:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import NOT_AN_IMAGE, Engine, EngineConfig, Session, freeze_heap
+from .engine import NOT_AN_IMAGE, Engine, EngineBusy, EngineConfig, Session, freeze_heap
 from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
 from .rtc import allow_loopback_ice
 
@@ -133,6 +133,7 @@ class OmniApp:
         self.ready = threading.Event()
         self.sessions: dict[str, Session] = {}
         self._issued: set[str] = set()  # ids handed to pages; nothing else can open a session
+        self._refused: dict[str, str] = {}  # page id -> why it has no session (the engine was full)
         self._lock = threading.Lock()
         self._events_lock = threading.Lock()
 
@@ -224,14 +225,25 @@ class OmniApp:
             if s is None:
                 if sid not in self._issued:
                     return None
-                s = self.engine.new_session()
+                try:
+                    s = self.engine.new_session()
+                except EngineBusy as e:  # asked again on the page's next action: a place may have come free
+                    self._refused[sid] = str(e)
+                    return None
+                self._refused.pop(sid, None)
                 self.sessions[sid] = s
             return s
+
+    def refusal(self, sid: str | None) -> str | None:
+        """Why this page has no session, when the engine was full."""
+        with self._lock:
+            return self._refused.get(sid or "")
 
     def close_session(self, sid: str | None) -> None:
         with self._lock:
             s = self.sessions.pop(sid or "", None)
             self._issued.discard(sid or "")
+            self._refused.pop(sid or "", None)
         if s is not None and self.engine is not None:
             self.engine.close_session(s.id)
 
@@ -269,7 +281,7 @@ def render_chat(turns) -> list[dict]:
     msgs: list[dict] = []
     for t in turns:
         if t.kind == "voice" or t.kind == "upload":
-            dur = len(t.user_audio) / 16000 if t.user_audio is not None else 0
+            dur = t.user_audio_s
             label = "🎤 voice" if t.kind == "voice" else "📎 audio upload"
             said = f": “{t.user_transcript}”" if t.user_transcript else ""
             msgs.append({"role": "user", "content": f"{label} ({dur:.1f} s){said}"})
@@ -426,7 +438,9 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     def tick(sid, last_version):
         s = sess(sid)
         if s is None:
-            return gr.skip(), render_status(app, None), gr.skip(), last_version, gr.skip(), gr.skip()
+            busy = app.refusal(sid)
+            status = f"**⏳ {busy}**" if busy else render_status(app, None)
+            return gr.skip(), status, gr.skip(), last_version, gr.skip(), gr.skip()
         snap = s.snapshot()
         status = render_status(app, snap)
         if snap["version"] == last_version:
@@ -442,7 +456,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     def need_session(sid) -> Session:
         s = sess(sid)
         if s is None:
-            raise Refused(app.error or "The model is still loading — try again in a moment.")
+            raise Refused(app.refusal(sid) or app.error or "The model is still loading — try again in a moment.")
         return s
 
     def refusing(fn):

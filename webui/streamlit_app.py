@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from omni.tiny import is_test_checkpoint  # noqa: E402
-from webui.engine import (OUT_RATE, Engine, EngineConfig, Session, close_abandoned, freeze_heap,  # noqa: E402
-                          load_audio, load_image)
+from webui.engine import (OUT_RATE, Engine, EngineBusy, EngineConfig, Session, close_abandoned,  # noqa: E402
+                          freeze_heap, load_audio, load_image)
 from webui.interrupt import make_transcriber  # noqa: E402
 
 TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."
@@ -200,7 +200,11 @@ def session(engine: Engine) -> Session:
     close_abandoned(engine, owners, _page_is_active, time.monotonic())  # tabs closed a while ago
     s = st.session_state.get("omni_session")
     if s is None or s.closed:
-        s = st.session_state["omni_session"] = engine.new_session()
+        try:
+            s = st.session_state["omni_session"] = engine.new_session()
+        except EngineBusy as e:
+            st.warning(str(e))
+            st.stop()
     ctx = get_script_run_ctx()
     if ctx is not None:
         owners.setdefault(s.id, [ctx.session_id, None])
