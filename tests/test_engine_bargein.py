@@ -124,3 +124,53 @@ def test_a_fast_command_is_not_taken_as_the_next_turn(tmp_path):
     assert s.interrupts == 1 and len(s.history) == 1  # "stop omni" cancelled; it was not answered
     assert len(model.calls) == 1
     engine.close()
+
+
+class SlowStop:
+    """Hears "stop omni" in anything longer than half a second, after 1 s of thinking."""
+    name = "slow"
+
+    def transcribe(self, audio, prompt=None):
+        time.sleep(1.0)
+        return "Stop, Omni." if len(audio) > 8000 else ""
+
+
+class HearsQuestion:
+    name = "question"
+
+    def transcribe(self, audio, prompt=None):
+        return "what is the weather"
+
+
+def test_a_stop_phrase_with_nothing_to_stop_is_dropped_quietly(tmp_path):
+    """Said while nothing plays, "stop omni" is never answered: its answer is held back while the check runs (1 s
+    here), then dropped with the turn; nothing is heard and the conversation shows nothing."""
+    model, engine, s = make(SlowStop(), tmp_path, speed=20.0)
+    played = run_realtime(s, timeline(silence(0.5), speech("stop omni"), silence(3.0)))
+    assert s.history == [] and s.notice == ""
+    assert [e["ev"] for e in s.events if e["ev"] == "stop_phrase_dropped"] == ["stop_phrase_dropped"]
+    assert all(c.cancel.is_set() for c in model.calls)  # an answer started meanwhile was cancelled
+    assert not [p for p in played if p.rms > 0.01]  # and never heard
+    assert not list(s.dir.glob("turn_*"))  # its files are gone too
+    engine.close()
+
+
+def test_a_short_question_is_still_answered_after_the_check(tmp_path):
+    model, engine, s = make(HearsQuestion(), tmp_path, answer=SHORT_ANSWER, speed=20.0)
+    played = run_realtime(s, timeline(silence(0.5), speech("what is the weather"), silence(6.0)))
+    assert len(s.history) == 1 and s.history[0].status == "done"
+    assert [p for p in played if p.rms > 0.01]
+    engine.close()
+
+
+def test_a_typed_stop_phrase_stops_the_answer_and_is_never_sent(tmp_path):
+    model, engine, s = make(None, tmp_path, speed=1.0)
+    assert s.send_text("Stop omni!") is None and s.history == [] and model.calls == []
+    turn = s.send_text("tell me about paris")
+    end = time.monotonic() + 5
+    while turn.status == "queued" and time.monotonic() < end:
+        time.sleep(0.01)
+    assert s.send_text("stop") is None
+    assert turn.status == "interrupted" and turn.interrupted_by == "typed stop"
+    assert len(s.history) == 1 and len(model.calls) == 1
+    engine.close()

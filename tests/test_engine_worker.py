@@ -108,3 +108,19 @@ def test_one_session_holding_for_a_stop_command_does_not_pause_the_others(tmp_pa
         assert finished_at(b) - ducked < 2.0 and finished_at(b) < resumed  # b was answered while a held
     finally:
         engine.close()
+
+
+def test_people_waiting_for_their_first_sound_are_served_in_the_order_they_asked(tmp_path):
+    """Two spoken answers at once, each 0.5 s of model time before its first text and then its first speech: the
+    first asker hears speech after its own 0.5 s, not after both (taking turns from the start would give both
+    ~1 s); the second right after."""
+    model = ScriptedModel(speed=20.0, first_delay=0.5)
+    engine = make(model, tmp_path)
+    try:
+        a, b = engine.new_session(), engine.new_session()
+        ta, tb = a.send_text("first"), b.send_text("second")
+        assert a.wait_idle(30) and b.wait_idle(30)
+        assert ta.timings["first_audio_s"] < 0.75, ta.timings
+        assert 0.9 < tb.timings["first_audio_s"] < 1.5, tb.timings
+    finally:
+        engine.close()

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .interrupt import DEFAULT_PHRASES, CommandCheck, CommandChecker, PhraseMatcher, parse_phrases
+from .interrupt import DEFAULT_PHRASES, CommandCheck, CommandChecker, PhraseMatcher, normalize, parse_phrases
 from .vad import SAMPLE_RATE as VAD_RATE
 from .vad import SpeechDropped, SpeechStarted, TurnDetector, TurnEnded, VADConfig, load_silero, resample, to_float32
 
@@ -185,16 +185,25 @@ class Job:
     events: Iterator[Any] | None = None
     _last_step: float | None = None
     _turn: int = -1  # the worker's count of advances when this job was last advanced (round-robin order)
+    first_output: bool = False  # its first speech (a speech answer) or text (a text answer) has come
+
+
+def _is_first_output(job: Job, ev) -> bool:
+    from omni.events import AudioChunk, TextDelta
+
+    return isinstance(ev, AudioChunk if job.task.endswith("A2") else TextDelta)  # speech tasks end in A2
 
 
 class ModelWorker:
     """One thread in front of the model, sharing it between answers in turns.
 
     An answer is a stream of events (a text piece, a chunk of speech), advanced one event at a time. A new
-    answer is started at once when fewer than `max_active` are started (each holds a KV cache); then the started
-    answers whose gates say go take turns, the one advanced least recently first. So a user who asks while
-    another's long answer runs waits about one event (at most one chunk of speech) of each other answer for the
-    model to take up the question, not for the whole answer. Queue position 0 means started.
+    answer is taken up at once when fewer than `max_active` are (each holds a KV cache). Of the taken-up
+    answers whose gates say go, those still before their first speech (or text, for a text answer) go first, in
+    the order they came; the others take turns, the one advanced least recently first. So a user who asks while
+    another's long answer runs waits about one event of it (at most one chunk of speech), and is then served
+    up to the first sound of the answer; people waiting for their first sound are served in turn, not all at a
+    third of the speed. Queue position 0 means started.
     """
 
     def __init__(self, model, max_active: int = 4):
@@ -254,16 +263,16 @@ class ModelWorker:
             self._thread.join(timeout)
 
     def _next_job(self) -> Job | None:
-        """The job to advance now: the next one in the queue while there is room, else, of the started answers
-        whose gates say go, the one advanced least recently; None when every started answer waits."""
+        """The job to advance now (see the class): None when every started answer waits."""
         with self._cond:
-            if self._jobs and len(self._active) < self.max_active:
-                job = self._jobs.popleft()
-                self._active.append(job)
-                return job
+            while self._jobs and len(self._active) < self.max_active:
+                self._active.append(self._jobs.popleft())
             active = list(self._active)
         # gates take their sessions' locks: asked outside the worker's own lock (sessions call in holding theirs)
         ready = [j for j in active if j.cancel.is_set() or j.gate() == GO]
+        waiting_first = [j for j in ready if not j.first_output]
+        if waiting_first:
+            return min(waiting_first, key=lambda j: j.submitted)
         return min(ready, key=lambda j: j._turn) if ready else None
 
     def _loop(self) -> None:
@@ -305,6 +314,7 @@ class ModelWorker:
             job._turn = self._turns
             ev = next(job.events)
             job._last_step = time.monotonic()
+            job.first_output = job.first_output or _is_first_output(job, ev)
             job.on_event(ev)
         except StopIteration:
             self._finish(job)
@@ -522,6 +532,7 @@ class Session:
         self._silence_at: float | None = None
         # barge-in
         self._barge: dict | None = None  # state of the barge-in utterance being heard
+        self._vetting: Turn | None = None  # a short spoken turn being checked for a stop phrase: not played yet
         self._camera: tuple[float, np.ndarray] | None = None
         self.interrupts = 0
         self.events: deque[dict] = deque(maxlen=500)  # timeline for tests and the latency panel
@@ -615,10 +626,16 @@ class Session:
                                                      nothing, nothing, kind="encode"))
         self._event("early_encode", silence_s=det.trailing_silence_s)
 
-    def send_text(self, text: str, speak: bool = True, image=None) -> Turn:
+    def send_text(self, text: str, speak: bool = True, image=None) -> Turn | None:
+        """A typed question; None when it is only a stop phrase, which stops the answer if one runs and is never
+        sent to the model."""
         text = (text or "").strip()
         if not text:
             raise ValueError("Type a message first.")
+        if " ".join(normalize(text)) in self.config.phrases:
+            self.interrupt("typed stop")
+            self._event("stop_phrase_dropped", source="typed")
+            return None
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"The message is too long ({len(text)} characters; the limit is {MAX_TEXT_CHARS}).")
         if image is not None:  # answering without it while showing it in the chat would mislead
@@ -639,7 +656,10 @@ class Session:
         task = "IMAGE_A1A2" if img is not None else "A1A2"
         if not speak:
             task = "A1T2" if img is None else "IMAGE_A1A2"
-        return self._start_turn(kind, task, audio=a, image=img, image_source=image_source if img is not None else "")
+        turn = self._start_turn(kind, task, audio=a, image=img, image_source=image_source if img is not None else "")
+        if kind == "voice":  # a recorded question (e.g. Streamlit's recorder) may be a stop phrase too
+            self._vet_turn(turn, turn.user_audio)
+        return turn
 
     # ------------------------------------------------------------ playback (pulled by the transport)
 
@@ -689,7 +709,7 @@ class Session:
             while True:
                 now = time.monotonic()
                 heard_all = now >= self._play_t0 + self._sent / OUT_RATE
-                if self._ducked:
+                if self._ducked or self._vetting is not None:
                     wait = deadline - now
                 elif not self._playback:
                     if self._job is not None and self._speaking_since is not None and not self._refilling \
@@ -849,8 +869,53 @@ class Session:
                 turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
                                         image_source="webcam" if frame is not None else "")
                 turn.timings["speech_end_wall"] = t_wall
+                self._vet_turn(turn, turn.user_audio)
             else:
                 self._event("speech_dropped", speech_s=ev.speech_s)
+
+    def _vet_turn(self, turn: Turn, audio16k: np.ndarray) -> None:
+        """A short spoken turn said while nothing played may be a stop phrase ("stop omni" just as an answer
+        ended): its answer is generated meanwhile but not played until the check says it is a question; a stop
+        phrase drops the turn quietly instead of having it answered."""
+        checker = self.engine.checker
+        if checker is None or len(audio16k) > self.config.command_max_s * VAD_RATE:
+            return
+        self._vetting = turn
+        matcher = self.matcher
+
+        def run():
+            try:
+                res = checker.check(audio16k, "", matcher)
+            except Exception as e:
+                log.error("stop-phrase check failed: %s", e)
+                res = CommandCheck(False, "", None, 0.0, f"error: {e}")
+            with self._lock:
+                if self._vetting is turn:
+                    self._vetting = None
+                only_phrase = res.is_command and len(normalize(res.transcript)) <= len(res.phrase.split()) + 2
+                self._event("turn_vetted", index=turn.index, stop_phrase=only_phrase, transcript=res.transcript)
+                if only_phrase:
+                    self._drop_turn(turn)
+                self._bump()
+
+        self.engine.asr_pool.submit(run)
+
+    def _drop_turn(self, turn: Turn) -> None:
+        """Forget a turn that was a stop phrase: its answer is cancelled, its files removed, nothing shown."""
+        if self._job is not None and turn is self._current:
+            self._job.cancel.set()
+            self.engine.worker.remove(self._job)
+            self._job = None
+        if turn is self._current:
+            self._current = None
+            self._playback.clear()
+            self._speaking_since = None
+        turn.status = "cancelled"
+        if turn in self.history:
+            self.history.remove(turn)
+        for path in turn.files.values():
+            Path(path).unlink(missing_ok=True)
+        self._event("stop_phrase_dropped", source="spoken", index=turn.index)
 
     def _barge_progress(self, det: TurnDetector, now: float) -> None:
         b = self._barge
@@ -1025,6 +1090,7 @@ class Session:
             self._refilling, self._refill_s = False, min(self.config.prebuffer_s, self.config.max_ahead_s)
             self._ducked = False
             self._barge = None
+            self._vetting = None
             inputs: dict = {"options": self.engine._options(self.config)}
             if turn.user_audio is not None:
                 inputs["audio"] = (VAD_RATE, turn.user_audio)
