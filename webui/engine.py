@@ -166,7 +166,7 @@ GO, WAIT, HOLD = "go", "wait", "hold"  # a started answer's gate: advance it / s
 # (its listener may be saying a stop command). Either way only that answer waits; the others go on.
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are told apart by identity (their inputs hold arrays, which compare elementwise)
 class Job:
     task: str
     inputs: dict
