@@ -14,9 +14,12 @@ import sys
 from pathlib import Path
 
 HF_REPO = "gpt-omni/mini-omni2"
+# What a download fetches, for the help texts: lit_model.pth 2.81 GB, small.pt 0.48 GB, ViT-B-32.pt 0.35 GB,
+# tokenizer.json 7 MB (the sizes Hugging Face shows), plus SNAC. The download itself says the hub's exact total.
+DOWNLOAD_SIZE = "about 3.7 GB"
 TINY_BANNER = ("⚠️ **Random weights — answers are noise.** This is a tiny test checkpoint; it exercises the whole "
-               "pipeline offline. Start with `--checkpoint checkpoints/` (fetch it with `--download`) for real answers.")
-REQUIRED = ("lit_model.pth", "model_config.yaml", "small.pt", "ViT-B-32.pt", "snac_24khz")
+               "pipeline offline. Start without `--checkpoint tiny` for real answers (the official weights are "
+               "downloaded into checkpoints/ if they are not there).")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,9 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Mini-Omni2 real-time multimodal assistant: webcam + microphone + text in, streamed speech out. "
                     "Opens a Gradio page; the model is loaded once and shared by all browser sessions.",
         epilog="Examples:\n"
-               "  python app.py                         # checkpoints/ on 127.0.0.1:7860\n"
+               "  python app.py                         # checkpoints/ on 127.0.0.1:7860 (downloaded first if\n"
+               f"                                        # missing: {DOWNLOAD_SIZE}, resumable, checksummed)\n"
                "  python app.py --checkpoint tiny       # tiny random weights, offline, for trying the UI\n"
-               "  python app.py --download              # fetch the official weights into checkpoints/ first\n"
+               "  python app.py --no-download           # missing weights: say so and stop, no network\n"
                "  python app.py --quantize int8 --port 8000\n"
                "The microphone needs https or localhost: on a remote machine use an ssh tunnel\n"
                "(ssh -L 7860:127.0.0.1:7860 host) or --share.",
@@ -36,9 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="checkpoints",
                    help="checkpoint folder in the official layout (default: checkpoints/), or 'tiny' for a random "
                         "tiny model built on the fly (answers are noise; used by tests)")
-    p.add_argument("--download", action="store_true",
-                   help=f"download the official weights ({HF_REPO} + SNAC, a few GB, checksummed) into --checkpoint "
-                        "if they are missing")
+    fetch = p.add_mutually_exclusive_group()
+    fetch.add_argument("--download", action="store_true",
+                       help=f"download the official weights ({HF_REPO} + SNAC, {DOWNLOAD_SIZE}, checksummed) into "
+                            "--checkpoint if they are missing: the default (the flag is kept for old command lines)")
+    fetch.add_argument("--no-download", action="store_true",
+                       help="if the weights are missing, say so and stop instead of downloading them")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights dtype (default float32, the parity mode; on a GPU bfloat16 is the speed mode: "
@@ -85,29 +92,30 @@ def is_tiny(checkpoint: str) -> bool:
 
 
 def ensure_checkpoint(args) -> str | None:
-    """Return an error message if the checkpoint is missing and was not downloaded."""
+    """Download the official weights if they are missing (unless --no-download); else say what went wrong."""
+    from omni.checkpoint import missing_files
+
     if args.checkpoint == "tiny":
         return None
     d = Path(args.checkpoint)
-    missing = [f for f in REQUIRED if not (d / f).exists()]
+    missing = missing_files(d)
     if not missing:
         return None
-    if not args.download and sys.stdin.isatty():
-        ans = input(f"No checkpoint in {d}/ (missing {', '.join(missing)}). Download {HF_REPO} now? [y/N] ")
-        args.download = ans.strip().lower() in ("y", "yes")
-    if not args.download:
-        return (f"No checkpoint in {d}/ (missing: {', '.join(missing)}).\n"
-                f"  Download it:   python app.py --download   (or: python -m omni download --dir {d})\n"
-                f"  Or try the UI: python app.py --checkpoint tiny  (random weights, offline)")
+    tiny = "Or try the app offline now: python app.py --checkpoint tiny   (random weights: the answers are noise)"
+    if args.no_download:
+        names = ", ".join(str(p.relative_to(d)) for p in missing)
+        return (f"No checkpoint in {d}/ (missing: {names}).\n"
+                f"  Download it ({DOWNLOAD_SIZE}): run the same command without --no-download, "
+                f"or: python -m omni download --dir {d}\n  {tiny}")
     try:
         from omni.download import download
 
-        print(f"Downloading {HF_REPO} into {d}/ …", flush=True)
-        download(d)  # per-file progress bars, checksums of the official files
-    except Exception as e:
-        return f"Download failed: {e}\nCheck the network, or see checkpoints/README.md to fetch the files by hand."
-    missing = [f for f in REQUIRED if not (d / f).exists()]
-    return f"The download finished but {', '.join(missing)} are still missing in {d}/." if missing else None
+        print(f"No checkpoint in {d}/: downloading the official weights ({HF_REPO} + SNAC).", flush=True)
+        download(d)  # says the total size first; progress bars; checksums of the official files
+    except Exception as e:  # offline, a refused or broken file, a full disk: one message, not a traceback
+        return f"Could not download the weights into {d}/: {e}\n{tiny}"
+    missing = missing_files(d)
+    return f"The download finished but {', '.join(map(str, missing))} are still missing." if missing else None
 
 
 # options of the Gradio page that the Streamlit page has no use for
@@ -158,7 +166,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
-    err = ensure_checkpoint(args)
+    try:
+        err = ensure_checkpoint(args)
+    except KeyboardInterrupt:
+        print("\nDownload interrupted: run the same command again to resume it.", file=sys.stderr)
+        return 130
     if err:
         print(err, file=sys.stderr)
         return 2

@@ -28,12 +28,17 @@ def default_snac_dir(checkpoint_dir: Path) -> Path:
     return Path(checkpoint_dir) / "snac_24khz"
 
 
-def check_files(checkpoint_dir: Path, snac_dir: Path | None = None) -> None:
-    """Raise one CheckpointError listing every missing file and how to get it."""
+def missing_files(checkpoint_dir: Path, snac_dir: Path | None = None) -> list[Path]:
+    """The files of the official layout (SNAC's included) that are not there."""
     checkpoint_dir = Path(checkpoint_dir)
     snac_dir = Path(snac_dir) if snac_dir else default_snac_dir(checkpoint_dir)
-    missing = [str(checkpoint_dir / f) for f in CHECKPOINT_FILES if not (checkpoint_dir / f).is_file()]
-    missing += [str(snac_dir / f) for f in SNAC_FILES if not (snac_dir / f).is_file()]
+    wanted = [checkpoint_dir / f for f in CHECKPOINT_FILES] + [snac_dir / f for f in SNAC_FILES]
+    return [p for p in wanted if not p.is_file()]
+
+
+def check_files(checkpoint_dir: Path, snac_dir: Path | None = None) -> None:
+    """Raise one CheckpointError listing every missing file and how to get it."""
+    missing = [str(p) for p in missing_files(checkpoint_dir, snac_dir)]
     if missing:
         raise CheckpointError(
             "checkpoint incomplete, missing: " + ", ".join(missing) +

@@ -14,7 +14,8 @@ OPENAI_VIT_B32_URL = ("https://openaipublic.azureedge.net/clip/models/"
 
 
 def _offline_hint(e: Exception, what: str) -> CheckpointError:
-    return CheckpointError(f"cannot download {what}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}. "
+    first = str(e).splitlines()[0][:200].rstrip(".") if str(e) else ""
+    return CheckpointError(f"cannot download {what}: {type(e).__name__}: {first}. "
                            "Check the network connection (or HF_ENDPOINT / proxy settings), or copy the files by "
                            "hand into the checkpoint directory; run the command again to resume.")
 
@@ -69,36 +70,78 @@ def _verify(path: Path) -> None:
                               "run the download again")
 
 
-def download(target: Path) -> Path:
-    """Fetch every file of the official layout into target/ and SNAC into target/snac_24khz/."""
-    target.mkdir(parents=True, exist_ok=True)
-    snac_dir = target / "snac_24khz"
-    for name in CHECKPOINT_FILES:
-        dest = target / name
-        if dest.is_file() and name not in KNOWN_FILES:
-            print(f"[omni] {name}: already there")
-            continue
-        if dest.is_file():
-            try:
-                _verify(dest)
-                print(f"[omni] {name}: already there, verified")
+def _hub_size(repo: str, filename: str) -> int | None:
+    """The size the hub states for one file, asked once without retries: offline fails here at once, before
+    anything is written. -1 if the repo has no such file; None if the hub does not say."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        return get_hf_file_metadata(hf_hub_url(repo, filename)).size
+    except RemoteEntryNotFoundError:
+        return -1
+    except Exception as e:  # no network, DNS, proxy, 5xx ...
+        raise _offline_hint(e, f"{repo}/{filename}") from None
+
+
+def _present(path: Path, label: str) -> bool:
+    """True if the file is there and, when its official bytes are known, matches them (else it is set aside)."""
+    if not path.is_file():
+        return False
+    try:
+        _verify(path)
+    except CheckpointError as e:
+        print(f"[omni] {e}; downloading again")
+        return False
+    print(f"[omni] {label}: already there{', verified' if path.name in KNOWN_FILES else ''}")
+    return True
+
+
+def _plan(target: Path) -> list[tuple[str, str, Path, int | None]]:
+    """(repo or URL, file name, folder, size) of each file still missing."""
+    todo = []
+    for repo, names, folder in ((HF_REPO, CHECKPOINT_FILES, target), (SNAC_REPO, SNAC_FILES, target / "snac_24khz")):
+        for name in names:
+            if _present(folder / name, str((folder / name).relative_to(target))):
                 continue
-            except CheckpointError as e:
-                print(f"[omni] {e}; downloading again")
-        print(f"[omni] downloading {HF_REPO}/{name} ...")
-        got = _hf_file(HF_REPO, name, target)
-        if got is None and name == "ViT-B-32.pt":
-            print("[omni] the model repo has no ViT-B-32.pt; fetching OpenAI's original archive")
-            got = _url_file(OPENAI_VIT_B32_URL, dest)
-        if got is None:
-            raise CheckpointError(f"{HF_REPO} has no file {name}; the repository layout changed — please report this")
-        _verify(dest)
-    for name in SNAC_FILES:
-        if (snac_dir / name).is_file():
-            print(f"[omni] snac_24khz/{name}: already there")
-            continue
-        print(f"[omni] downloading {SNAC_REPO}/{name} ...")
-        if _hf_file(SNAC_REPO, name, snac_dir) is None:
-            raise CheckpointError(f"{SNAC_REPO} has no file {name}")
-    print(f"[omni] checkpoint ready in {target} (SNAC in {snac_dir})")
+            size = _hub_size(repo, name)
+            if size == -1 and name == "ViT-B-32.pt":  # what the official code falls back to
+                todo.append((OPENAI_VIT_B32_URL, name, folder, KNOWN_FILES[name][0]))
+            elif size == -1:
+                raise CheckpointError(f"{repo} has no file {name}; the repository layout changed: please report this")
+            else:
+                todo.append((repo, name, folder, size))
+    return todo
+
+
+def human_size(n: int | None) -> str:
+    """Decimal units, as Hugging Face shows sizes (2.81 GB)."""
+    if n is None:
+        return "size unknown"
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def download(target: Path) -> Path:
+    """Fetch every missing file of the official layout into target/ and SNAC into target/snac_24khz/, saying the
+    total size first."""
+    todo = _plan(target)  # asks the hub first: offline, nothing is written
+    if todo:
+        sizes = [size for *_, size in todo]
+        unknown = " + files of unknown size" if None in sizes else ""
+        print(f"[omni] {len(todo)} file{'s' if len(todo) > 1 else ''} to download into {target}: "
+              f"{human_size(sum(s or 0 for s in sizes))}"
+              f"{unknown} (resumable: after an interruption run the same command again)", flush=True)
+    for source, name, folder, size in todo:
+        print(f"[omni] downloading {source if source.startswith('https:') else source + '/' + name} "
+              f"({human_size(size)}) ...", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if source == OPENAI_VIT_B32_URL:
+            _url_file(source, folder / name)
+        elif _hf_file(source, name, folder) is None:
+            raise CheckpointError(f"{source} has no file {name}")
+        _verify(folder / name)
+    print(f"[omni] checkpoint ready in {target} (SNAC in {target / 'snac_24khz'})")
     return target

@@ -1,5 +1,6 @@
 """The CLI contract (`python -m omni generate ... --tokens-json`) and bad input: one line, exit code 2."""
 
+import inspect
 import json
 import statistics
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import omni
 from omni.cli import main
@@ -43,7 +45,8 @@ def test_generate_writes_the_token_json_contract(tiny_ckpt, tiny_model, media, t
         assert sr == 24000 and len(data) == max(0, len(got["text"]) - 7) * 2048
     else:
         assert got["audio"] == [] and len(got["text"]) <= 20
-        assert omni.tokens.TASKS and 151936 not in got["text"][1:]
+        # the answer's ids, without the eot that ended it (one sampled from the prefill, entry 0, is kept)
+        assert got["text"] == ref.text_ids and omni.config.Vocab().eot not in got["text"][1:]
         assert not wav.exists()
     assert ref.text.strip()[:10] in stdout
 
@@ -136,7 +139,16 @@ def test_stream_flag_prints_text_and_writes_the_same_tokens(tiny_ckpt, media, tm
     assert json.loads(a.read_text()) == json.loads(b.read_text())
 
 
-def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
+def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    import omni.bench
+
+    gaps, agreements = [], []  # what the bench gave its playback model and its agreement check, and got back
+    real_gaps, real_agreement = omni.bench.playback_gaps, omni.bench.token_agreement
+    named = inspect.signature(real_gaps).bind
+    monkeypatch.setattr(omni.bench, "playback_gaps",
+                        lambda *a, **k: gaps.append((named(*a, **k).arguments, real_gaps(*a, **k))) or gaps[-1][1])
+    monkeypatch.setattr(omni.bench, "token_agreement",
+                        lambda *a, **k: agreements.append((a, real_agreement(*a, **k))) or agreements[-1][1])
     out = tmp_path / "bench.json"
     rc, stdout, _ = run_cli(capsys, "bench", "--checkpoint", tiny_ckpt, "--steps", 4, "--stream-steps", 20,
                             "--quantize", "int8", "--agreement", 2, "--json", out)
@@ -148,8 +160,20 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert got["decode_ms_per_step"] > 0
     assert abs(1000 / got["steps_per_s"] - got["decode_ms_per_step"]) <= 0.05 + 0.001 * got["decode_ms_per_step"]
     assert got["prompt_length"] == int(3500 / 20) + 1 + 3
-    assert 0 <= got["stall_s"] <= got["stream_wall_s"] and got["stalls"] >= 0  # gaps a player would have
-    assert got["app_prebuffer_s"] == 0.3 and got["app_stall_s"] >= 0
+    # the gaps two players would have with the streamed answer's chunks: one that plays each chunk as it comes,
+    # and the app's (0.3 s prebuffer); the chunks are the streamed answer's 13 frames, the first at its ttfa
+    (plain_args, plain), (app_args, app) = gaps
+    chunks = plain_args["chunks"]
+    assert app_args["chunks"] == chunks and app_args["finished"] == plain_args["finished"]
+    assert (plain_args.get("prebuffer_s", 0.0), app_args["prebuffer_s"]) == (0.0, 0.3)
+    assert plain_args["finished"] == pytest.approx(got["stream_wall_s"], abs=0.005)
+    assert chunks[0][0] == pytest.approx(got["ttfa_runs_s"][0], abs=1e-3)
+    assert sum(s for _, s in chunks) == pytest.approx((20 - 7) * 2048 / 24000)
+    assert (got["stall_s"], got["stalls"]) == (round(plain[1], 3), plain[2])
+    assert (got["app_start_s"], got["app_stall_s"], got["app_stalls"]) == (round(app[0], 3), round(app[1], 3), app[2])
+    assert got["app_prebuffer_s"] == 0.3
+    # a player that plays each chunk as it comes waits, in all, as long as it should have waited at the start
+    assert got["stall_s"] == pytest.approx(got["gapless_start_s"] - got["ttfa_runs_s"][0], abs=2e-3)
     # the tiny random model ends its answers after a few steps; the bench times the whole budget anyway
     assert got["decode_steps"] == 4
     assert got["stream_audio_s"] == round((20 - 7) * 2048 / 24000, 2)  # 20 entries: 13 complete frames
@@ -159,8 +183,12 @@ def test_bench_writes_the_figures_as_json(tiny_ckpt, tmp_path, capsys):
     assert 0 < got["whisper_ms"] < 1000 * min(runs)  # the audio encoder is a part of the time to first audio
     assert got["whisper_attention"] in ("sdpa", "sdpa-bf16", "matmul-bf16")
     assert got["snac_dtype"] in ("float32", "bfloat16")  # int8 mode: whichever this CPU decodes faster
-    agreement = got["token_agreement"]
-    assert agreement["prompts"] == 2 and 0 <= agreement["position_agreement"] <= 1
+    # int8 against a float32 model loaded from the same checkpoint, on the 2 prompts asked for
+    (model, reference, n), agreement = agreements[0]
+    assert len(agreements) == 1 and got["token_agreement"] == agreement and n == agreement["prompts"] == 2
+    assert (model.quantize, reference.quantize, reference.dtype) == ("int8", None, torch.float32)
+    assert 0 <= agreement["identical_prompts"] <= 2
+    assert (agreement["position_agreement"] == 1.0) == (agreement["identical_prompts"] == 2)
 
 
 def test_bench_names_the_cpu_with_its_family_and_model():

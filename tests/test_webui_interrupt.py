@@ -84,11 +84,22 @@ def test_real_asr_rejects_non_commands(real_checker, audio):
     assert not res.is_command, res.transcript
 
 
-def test_whisper_from_the_checkpoint_small_pt(tmp_path):
+def test_whisper_from_the_checkpoint_small_pt(tmp_path, monkeypatch):
+    from omni.tiny import TINY_WHISPER
     from webui.gradio_app import tiny_checkpoint_dir
 
     tr = make_transcriber("whisper", str(tiny_checkpoint_dir()))  # random tiny weights: the code path, not accuracy
-    assert isinstance(tr.transcribe(speech("stop omni")), str)
+    # the checkpoint's own small.pt (tiny dimensions), not a Whisper fetched by name
+    assert tr.name == "whisper:small.pt" and tr.model.dims.n_audio_state == TINY_WHISPER["n_audio_state"]
+    asked = []
+    real = tr.model.transcribe
+    monkeypatch.setattr(tr.model, "transcribe",
+                        lambda audio, **kw: asked.append((kw, real(audio, **kw))) or asked[-1][1])
+    said = tr.transcribe(speech("stop omni"), prompt="Stop, Omni.")
+    (kw, out), = asked  # English, greedy, in fp32 on the CPU, biased by the prompt; its words are the answer
+    assert (kw["language"], kw["temperature"], kw["fp16"], kw["initial_prompt"]) == ("en", 0.0, False, "Stop, Omni.")
+    assert said == out["text"]
+    assert tr.transcribe(speech("stop omni")[:1000]) == "" and len(asked) == 1  # under 0.1 s: nothing to hear
     with pytest.raises(FileNotFoundError, match="small.pt"):
         make_transcriber("whisper", str(tmp_path))
     assert make_transcriber("none") is None
