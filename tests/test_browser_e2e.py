@@ -270,6 +270,12 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         # and sooner than the phrase itself lasts (~1 s): it was the pause at onset, not the later cancel
         assert onset_to_silence < 1.5, onset_to_silence
         wait_for(lambda: "interrupted" in chat.inner_text(), 10, page, "the interrupted mark in the chat")
+        # the latency panel shows the new status whole, although the column was first drawn for "running"
+        wait_for(lambda: [r for r in latency_cells(page) if r.get("status", {}).get("text") == "interrupted"], 10,
+                 page, "the interrupted status in the latency panel", explain=lambda: latency_cells(page))
+        cells = latency_cells(page)
+        clipped = [c for row in cells for c in row.values() if c["clipped"]]
+        assert not clipped, clipped
         page.locator("#voice").get_by_role("button", name="start stream").dispatch_event("click")  # free the slot
         page.wait_for_timeout(500)
         page.screenshot(path=str(shot_dir / "screenshot.png"), full_page=True)
@@ -311,6 +317,31 @@ def latency_rows(page) -> list[dict]:
     return [dict(zip(header, r)) for r in body if len(r) == len(header)]
 
 
+# Each visible cell of the latency panel: its text, and whether any of it is cut off (the text runs past the
+# cell's box, or an element inside it scrolls: clipped by overflow hidden). Tables hidden from view are skipped.
+LATENCY_CELLS = """() => {
+  const shown = el => el.checkVisibility({opacityProperty: true, visibilityProperty: true});
+  const clipped = td => {
+    const range = document.createRange(); range.selectNodeContents(td);
+    const t = range.getBoundingClientRect(), c = td.getBoundingClientRect();
+    const spills = t.width > 0 && (t.left < c.left - 0.5 || t.right > c.right + 0.5);
+    const scrolls = [td, ...td.querySelectorAll('*')].some(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1);
+    return spills || scrolls;
+  };
+  return [...document.querySelectorAll('#latency table')].filter(shown).map(tb => {
+    const rows = [...tb.querySelectorAll('tr')].map(tr => [...tr.querySelectorAll('th, td')]);
+    const header = rows[0].map(c => c.innerText.trim());
+    return rows.slice(1).filter(r => r.length === header.length).map(r =>
+      Object.fromEntries(r.map((c, i) => [header[i], {text: c.innerText.trim(), clipped: clipped(c)}])));
+  }).flat();
+}"""
+
+
+def latency_cells(page) -> list[dict]:
+    """The latency panel's rows as shown: {column header: {"text", "clipped"}} per turn."""
+    return page.evaluate(LATENCY_CELLS)
+
+
 def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
     """Without the fake-UI flag headless Chromium refuses media permission; the page must say so and keep working."""
     from playwright.sync_api import sync_playwright
@@ -348,6 +379,9 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         wait_for(lambda: "IMAGE_A1A2" in latency.inner_text() and latency.inner_text().count("done") >= 2, 60, page,
                  "the upload turn to finish")
         assert "audio upload" in page.locator("#chat").inner_text()
+        rows = latency_cells(page)  # every value whole, the longest task name (IMAGE_A1A2) too
+        assert [r["task"]["text"] for r in rows] == ["T1T2", "IMAGE_A1A2"]
+        assert not [c for r in rows for c in r.values() if c["clipped"]], rows
         # settings apply to this session; a bad phrase list is refused with a message
         page.get_by_text("Interruption and turn-taking settings").click()
         page.get_by_text("off", exact=True).click()

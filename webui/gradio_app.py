@@ -5,6 +5,7 @@ wires components to a `Session` and renders its snapshot.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import sys
@@ -62,12 +63,18 @@ CSS = """
 #banner-random { background:#fff4d6; color:#7a4b00; padding:8px 12px; border-radius:6px; font-weight:600; }
 #status-line { min-height: 1.6em; }
 #status-line, #status-line * { opacity: 1 !important; transition: none !important; }  /* no dimming on each tick */
-#latency table { font-size: 0.85em; }
-#latency th, #latency td, #latency th *, #latency td * { white-space: nowrap !important; }
+#latency .latency-scroll { overflow-x: auto; }  /* a narrow page scrolls the panel; no value is cut */
+#latency table { font-size: 0.85em; border-collapse: collapse; width: 100%; }
+#latency caption { caption-side: top; text-align: left; padding: 0 0 6px; color: var(--block-label-text-color); }
+#latency th, #latency td { padding: 4px 8px; border: 1px solid var(--border-color-primary); text-align: left; }
+#latency td { white-space: nowrap; font-family: var(--font-mono); }  /* headers may wrap, values never */
 """
 
 LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill ms", "first audio s", "ms/step", "steps/s",
                    "RTF", "playback pauses", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
+LATENCY_CAPTION = ("Latency per turn (prefill: encoders + prompt; first audio: from the end of your speech; ms/step: "
+                   "one batch-of-2 decode step; peak RSS: the app process; onset→silence: from your barge-in to quiet "
+                   "output)")
 
 
 class UnreadableImage:
@@ -325,6 +332,16 @@ def render_latency(turns) -> list[list[Any]]:
     return rows
 
 
+def latency_html(turns) -> str:
+    """The latency panel as a plain table: each column is as wide as its longest value, so a status that becomes
+    "interrupted" is shown whole (gr.Dataframe keeps the widths measured for earlier values and cuts it)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in LATENCY_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in render_latency(turns))
+    return (f"<div class='latency-scroll'><table><caption>{html.escape(LATENCY_CAPTION)}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
 def render_status(app: OmniApp, snap: dict | None) -> str:
     if app.engine is None:
         return f"**{app.status}**"
@@ -437,7 +454,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
             t = turns[-1]
             if t.status == "done" and "assistant_audio" in t.files:
                 last_audio = t.files["assistant_audio"]  # no live voice connection: play the answer here
-        return render_chat(turns), status, render_latency(turns), snap["version"], last_audio, s.interrupts
+        return render_chat(turns), status, latency_html(turns), snap["version"], last_audio, s.interrupts
 
     def need_session(sid) -> Session:
         s = sess(sid)
@@ -494,7 +511,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         s = sess(sid)
         if s is not None:
             s.clear()
-        return [], []
+        return [], latency_html([])
 
     def settings(sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard, multi_turn, max_tokens,
                  prebuffer):
@@ -559,10 +576,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                     export_btn = gr.Button("⬇ Export conversation", elem_id="export")
                 export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False, height=90,
                               visible=False)  # shown once there is a zip to download
-        latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn (prefill: encoders + prompt; first "
-                               "audio: from the end of your speech; ms/step: one batch-of-2 decode step; peak RSS: "
-                               "the app process; onset→silence: from your barge-in to quiet output)",
-                               elem_id="latency", interactive=False, wrap=True)
+        latency = gr.HTML(latency_html([]), elem_id="latency")
         with gr.Accordion("Interruption and turn-taking settings", open=False):
             with gr.Row():
                 policy = gr.Radio(["command", "any", "off"], value=cfg.policy, label="Barge-in policy",
