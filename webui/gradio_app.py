@@ -21,6 +21,7 @@ import numpy as np
 
 from .engine import NOT_AN_IMAGE, Engine, EngineConfig, Session, freeze_heap
 from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
+from .private import tiny_checkpoint_dir
 from .rtc import allow_loopback_ice
 
 log = logging.getLogger("webui")
@@ -241,32 +242,6 @@ class OmniApp:
             self._issued.discard(sid or "")
         if s is not None and self.engine is not None:
             self.engine.close_session(s.id)
-
-
-def tiny_checkpoint_dir(seed: int = 0) -> Path:
-    """The tiny random checkpoint, built once per machine (4 s) in the temp folder."""
-    import tempfile
-
-    import omni
-
-    # keyed by the generator's source, so a changed tiny layout never meets a stale cached copy
-    import hashlib
-    import inspect
-
-    import omni.tiny
-
-    tag = hashlib.sha1(inspect.getsource(omni.tiny).encode()).hexdigest()[:10]
-    d = Path(tempfile.gettempdir()) / f"mini-omni2-tiny-seed{seed}-{tag}"
-    if not (d / "lit_model.pth").exists() or not (d / "snac_24khz").exists():
-        tmp = d.with_name(d.name + f".part{uuid.uuid4().hex[:6]}")
-        omni.make_tiny_checkpoint(tmp, seed=seed)
-        try:
-            tmp.rename(d)
-        except OSError:  # another process won the race; use its copy
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return d
 
 
 # ------------------------------------------------------------------------------ rendering

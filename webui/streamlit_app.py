@@ -64,7 +64,7 @@ def get_engine(options: tuple) -> Engine:
     args = argparse.Namespace(**dict(options))
     checkpoint = args.checkpoint
     if checkpoint == "tiny":
-        from webui.gradio_app import tiny_checkpoint_dir
+        from webui.private import tiny_checkpoint_dir
 
         checkpoint = str(tiny_checkpoint_dir())
     config = EngineConfig.from_options(args)
