@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from contextlib import contextmanager
@@ -128,11 +130,11 @@ def chromium(p, profile: Path, mic: Path | None = None, cam: Path | None = None,
 
 
 @contextmanager
-def running_app(args: list[str], log_path: Path, ready_url: str):
+def running_app(args: list[str], log_path: Path, ready_url: str, env: dict | None = None):
     """`python app.py ARGS` for the duration of the block, once `ready_url` answers; stopped with SIGTERM."""
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env=env)
     try:
         t0 = time.monotonic()
         while True:
@@ -161,10 +163,15 @@ def app(tmp_path_factory):
     ckpt = endless_tiny_checkpoint(tmp / "tiny")
     port, events = free_port(), tmp / "events.jsonl"
     url = f"http://127.0.0.1:{port}/"
+    # the app's temp folder apart from --recordings, as for `--recordings ~/rec`: Gradio hands out only files from
+    # its temp folder, the working folder and the paths it is allowed, so the page works only if the session
+    # folders are allowed
+    (tmp / "apptmp").mkdir()
     with running_app(["--checkpoint", str(ckpt), "--port", str(port), "--events", str(events), "--recordings",
-                      str(tmp / "rec"), "--max-new-tokens", "400"], tmp / "app.log", url):
+                      str(tmp / "rec"), "--max-new-tokens", "400"], tmp / "app.log", url,
+                     env={**os.environ, "TMPDIR": str(tmp / "apptmp")}):
         yield url, events, tmp
-    folders = [d for d in (tmp / "rec").iterdir() if any(d.glob("turn_*"))]
+    folders = [d for d in (tmp / "rec").iterdir() if d.is_dir() and any(d.glob("turn_*"))]
     assert folders and all((d / "transcript.json").exists() for d in folders), "sessions without a transcript"
 
 
@@ -288,6 +295,20 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
             link.click()
         zpath = tmp_path / "export.zip"
         dl.value.save_as(zpath)
+
+        # 5. over HTTP, the server hands out this session's files and nothing else of the recordings folder
+        rec = app_dir / "rec"
+        session_dir = next(d for d in rec.iterdir() if (d / "turn_001_assistant.wav").exists())
+        answer = (session_dir / "turn_001_assistant.wav").read_bytes()
+        urls = page.evaluate("""() => [...document.querySelectorAll('#chat [src], #chat [href]')]
+            .map(e => e.getAttribute('src') || e.getAttribute('href'))""")
+        played = [u for u in urls if "turn_001_assistant.wav" in u]
+        assert played, urls
+        assert fetch(url, played[0]) == (200, answer)  # the answer's speech as the chat plays it
+        assert fetch(url, file_url(session_dir / "turn_001_assistant.wav")) == (200, answer)
+        (rec / "secret.txt").write_text("not a session file")
+        assert fetch(url, file_url(rec / "secret.txt"))[0] == 403
+        assert fetch(url, file_url(session_dir) + "/%2E%2E/secret.txt")[0] == 403  # not out of it with ".." either
         ctx.close()
 
     with zipfile.ZipFile(zpath) as z:
@@ -304,6 +325,19 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         with z.open("turn_001_user.wav") as f:
             u, usr = sf.read(f)
         assert usr == SR and 3.0 < len(u) / usr < 5.0
+
+
+def file_url(path: Path) -> str:
+    return "gradio_api/file=" + urllib.parse.quote(str(path))
+
+
+def fetch(base: str, url: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of GET `url` (relative to the page's `base`, or absolute)."""
+    try:
+        with urllib.request.urlopen(urllib.parse.urljoin(base, url), timeout=15) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
 
 
 def latency_rows(page) -> list[dict]:

@@ -141,6 +141,7 @@ class OmniApp:
         self.ready = threading.Event()
         self.sessions: dict[str, Session] = {}
         self._issued: set[str] = set()  # ids handed to pages; nothing else can open a session
+        self.page = None  # the launched gr.Blocks: its allowed_paths are the folders of the open sessions
         self._lock = threading.Lock()
         self._events_lock = threading.Lock()
 
@@ -234,12 +235,28 @@ class OmniApp:
                     return None
                 s = self.engine.new_session()
                 self.sessions[sid] = s
+                self._serve(s.dir, True)
             return s
+
+    def _serve(self, folder: Path, on: bool) -> None:
+        """Let the page have a session's files (chat audio and images, the export), and nothing else of the
+        recordings folder. Gradio 5 reads the launched page's allowed_paths on each use: when it copies an output
+        file into its cache (outside its temp folder and the working folder, only from allowed paths), and for
+        each /gradio_api/file= request. Called with the lock held."""
+        paths = getattr(self.page, "allowed_paths", None)
+        if paths is None:  # not launched (tests that only build the page)
+            return
+        if on:
+            paths.append(str(folder))
+        elif str(folder) in paths:
+            paths.remove(str(folder))
 
     def close_session(self, sid: str | None) -> None:
         with self._lock:
             s = self.sessions.pop(sid or "", None)
             self._issued.discard(sid or "")
+            if s is not None:
+                self._serve(s.dir, False)
         if s is not None and self.engine is not None:
             self.engine.close_session(s.id)
 
@@ -602,12 +619,6 @@ def launch(app: OmniApp, host: str = "127.0.0.1", port: int = 7860, share: bool 
     allow_loopback_ice()
     demo = build_ui(app, banner=banner)
     demo.queue(default_concurrency_limit=8)
-    allowed = [str(app.engine.recordings_dir)] if app.engine else []
-    if app.opts.recordings:
-        allowed.append(str(Path(app.opts.recordings).resolve()))
-    else:
-        import tempfile
-
-        allowed.append(str(Path(tempfile.gettempdir()) / "mini-omni2-webui"))
+    app.page = demo  # each session's folder is allowed while it is open (OmniApp._serve), not the recordings root
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                allowed_paths=allowed, show_api=False, favicon_path=None)
+                show_api=False, favicon_path=None)
