@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -305,6 +306,11 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         played = [u for u in urls if "turn_001_assistant.wav" in u]
         assert played, urls
         assert fetch(url, played[0]) == (200, answer)  # the answer's speech as the chat plays it
+        # Gradio plays a copy from its cache: in a folder only this user can open, not the shared /tmp/gradio
+        copy = Path(urllib.parse.unquote(played[0].split("file=", 1)[1]))
+        above = [d for d in copy.parents if d.is_relative_to(app_dir / "apptmp") and d != app_dir / "apptmp"]
+        assert copy.read_bytes() == answer and any(stat.S_IMODE(d.stat().st_mode) & 0o077 == 0 for d in above), \
+            [(str(d), oct(d.stat().st_mode)) for d in above]
         assert fetch(url, file_url(session_dir / "turn_001_assistant.wav")) == (200, answer)
         (rec / "secret.txt").write_text("not a session file")
         assert fetch(url, file_url(rec / "secret.txt"))[0] == 403

@@ -5,10 +5,14 @@ wires components to a `Session` and renders its snapshot.
 
 from __future__ import annotations
 
+import atexit
 import html
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -614,9 +618,20 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     return demo
 
 
+def private_gradio_cache() -> None:
+    """Gradio copies every file the page shows (voices, webcam frames, answers) and every upload into its cache,
+    by default /tmp/gradio: shared by all local users and readable by them. Unless GRADIO_TEMP_DIR names one, use
+    a new private folder (0700) for this run, removed at exit. Gradio reads the variable when the page is built."""
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        folder = tempfile.mkdtemp(prefix="mini-omni2-gradio-")
+        atexit.register(shutil.rmtree, folder, True)
+        os.environ["GRADIO_TEMP_DIR"] = folder
+
+
 def launch(app: OmniApp, host: str = "127.0.0.1", port: int = 7860, share: bool = False, banner: str | None = None,
            max_file_size: str = "25mb") -> None:
     allow_loopback_ice()
+    private_gradio_cache()
     demo = build_ui(app, banner=banner)
     demo.queue(default_concurrency_limit=8)
     app.page = demo  # each session's folder is allowed while it is open (OmniApp._serve), not the recordings root
