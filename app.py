@@ -78,8 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4); model requests "
                                                            "are queued one at a time in any case")
     p.add_argument("--recordings", default=None, help="keep every session's audio, images and transcript in this "
-                                                      "folder, one subfolder per session (default: a temp folder, "
-                                                      "cleaned up when a session ends)")
+                                                      "folder, one subfolder per session (default: a private temp "
+                                                      "folder, cleaned up when a session ends)")
     p.add_argument("--events", default=None, help=argparse.SUPPRESS)  # JSONL event log for the browser tests
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)

@@ -12,9 +12,12 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from contextlib import contextmanager
@@ -128,11 +131,11 @@ def chromium(p, profile: Path, mic: Path | None = None, cam: Path | None = None,
 
 
 @contextmanager
-def running_app(args: list[str], log_path: Path, ready_url: str):
+def running_app(args: list[str], log_path: Path, ready_url: str, env: dict | None = None):
     """`python app.py ARGS` for the duration of the block, once `ready_url` answers; stopped with SIGTERM."""
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env=env)
     try:
         t0 = time.monotonic()
         while True:
@@ -161,10 +164,15 @@ def app(tmp_path_factory):
     ckpt = endless_tiny_checkpoint(tmp / "tiny")
     port, events = free_port(), tmp / "events.jsonl"
     url = f"http://127.0.0.1:{port}/"
+    # the app's temp folder apart from --recordings, as for `--recordings ~/rec`: Gradio hands out only files from
+    # its temp folder, the working folder and the paths it is allowed, so the page works only if the session
+    # folders are allowed
+    (tmp / "apptmp").mkdir()
     with running_app(["--checkpoint", str(ckpt), "--port", str(port), "--events", str(events), "--recordings",
-                      str(tmp / "rec"), "--max-new-tokens", "400"], tmp / "app.log", url):
+                      str(tmp / "rec"), "--max-new-tokens", "400"], tmp / "app.log", url,
+                     env={**os.environ, "TMPDIR": str(tmp / "apptmp")}):
         yield url, events, tmp
-    folders = [d for d in (tmp / "rec").iterdir() if any(d.glob("turn_*"))]
+    folders = [d for d in (tmp / "rec").iterdir() if d.is_dir() and any(d.glob("turn_*"))]
     assert folders and all((d / "transcript.json").exists() for d in folders), "sessions without a transcript"
 
 
@@ -270,6 +278,12 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         # and sooner than the phrase itself lasts (~1 s): it was the pause at onset, not the later cancel
         assert onset_to_silence < 1.5, onset_to_silence
         wait_for(lambda: "interrupted" in chat.inner_text(), 10, page, "the interrupted mark in the chat")
+        # the latency panel shows the new status whole, although the column was first drawn for "running"
+        wait_for(lambda: [r for r in latency_cells(page) if r.get("status", {}).get("text") == "interrupted"], 10,
+                 page, "the interrupted status in the latency panel", explain=lambda: latency_cells(page))
+        cells = latency_cells(page)
+        clipped = [c for row in cells for c in row.values() if c["clipped"]]
+        assert not clipped, clipped
         page.locator("#voice").get_by_role("button", name="start stream").dispatch_event("click")  # free the slot
         page.wait_for_timeout(500)
         page.screenshot(path=str(shot_dir / "screenshot.png"), full_page=True)
@@ -282,6 +296,25 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
             link.click()
         zpath = tmp_path / "export.zip"
         dl.value.save_as(zpath)
+
+        # 5. over HTTP, the server hands out this session's files and nothing else of the recordings folder
+        rec = app_dir / "rec"
+        session_dir = next(d for d in rec.iterdir() if (d / "turn_001_assistant.wav").exists())
+        answer = (session_dir / "turn_001_assistant.wav").read_bytes()
+        urls = page.evaluate("""() => [...document.querySelectorAll('#chat [src], #chat [href]')]
+            .map(e => e.getAttribute('src') || e.getAttribute('href'))""")
+        played = [u for u in urls if "turn_001_assistant.wav" in u]
+        assert played, urls
+        assert fetch(url, played[0]) == (200, answer)  # the answer's speech as the chat plays it
+        # Gradio plays a copy from its cache: in a folder only this user can open, not the shared /tmp/gradio
+        copy = Path(urllib.parse.unquote(played[0].split("file=", 1)[1]))
+        above = [d for d in copy.parents if d.is_relative_to(app_dir / "apptmp") and d != app_dir / "apptmp"]
+        assert copy.read_bytes() == answer and any(stat.S_IMODE(d.stat().st_mode) & 0o077 == 0 for d in above), \
+            [(str(d), oct(d.stat().st_mode)) for d in above]
+        assert fetch(url, file_url(session_dir / "turn_001_assistant.wav")) == (200, answer)
+        (rec / "secret.txt").write_text("not a session file")
+        assert fetch(url, file_url(rec / "secret.txt"))[0] == 403
+        assert fetch(url, file_url(session_dir) + "/%2E%2E/secret.txt")[0] == 403  # not out of it with ".." either
         ctx.close()
 
     with zipfile.ZipFile(zpath) as z:
@@ -300,6 +333,19 @@ def test_voice_turn_stream_barge_in_and_export(app, media, tmp_path):
         assert usr == SR and 3.0 < len(u) / usr < 5.0
 
 
+def file_url(path: Path) -> str:
+    return "gradio_api/file=" + urllib.parse.quote(str(path))
+
+
+def fetch(base: str, url: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of GET `url` (relative to the page's `base`, or absolute)."""
+    try:
+        with urllib.request.urlopen(urllib.parse.urljoin(base, url), timeout=15) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
 def latency_rows(page) -> list[dict]:
     """The latency table as rendered in the page: one dict per turn, keyed by the column headers."""
     table = page.evaluate("""() => {
@@ -309,6 +355,31 @@ def latency_rows(page) -> list[dict]:
     }""")
     header, body = table[0], table[1:]
     return [dict(zip(header, r)) for r in body if len(r) == len(header)]
+
+
+# Each visible cell of the latency panel: its text, and whether any of it is cut off (the text runs past the
+# cell's box, or an element inside it scrolls: clipped by overflow hidden). Tables hidden from view are skipped.
+LATENCY_CELLS = """() => {
+  const shown = el => el.checkVisibility({opacityProperty: true, visibilityProperty: true});
+  const clipped = td => {
+    const range = document.createRange(); range.selectNodeContents(td);
+    const t = range.getBoundingClientRect(), c = td.getBoundingClientRect();
+    const spills = t.width > 0 && (t.left < c.left - 0.5 || t.right > c.right + 0.5);
+    const scrolls = [td, ...td.querySelectorAll('*')].some(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1);
+    return spills || scrolls;
+  };
+  return [...document.querySelectorAll('#latency table')].filter(shown).map(tb => {
+    const rows = [...tb.querySelectorAll('tr')].map(tr => [...tr.querySelectorAll('th, td')]);
+    const header = rows[0].map(c => c.innerText.trim());
+    return rows.slice(1).filter(r => r.length === header.length).map(r =>
+      Object.fromEntries(r.map((c, i) => [header[i], {text: c.innerText.trim(), clipped: clipped(c)}])));
+  }).flat();
+}"""
+
+
+def latency_cells(page) -> list[dict]:
+    """The latency panel's rows as shown: {column header: {"text", "clipped"}} per turn."""
+    return page.evaluate(LATENCY_CELLS)
 
 
 def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
@@ -348,6 +419,9 @@ def test_denied_microphone_and_camera_show_a_clear_message(app, tmp_path):
         wait_for(lambda: "IMAGE_A1A2" in latency.inner_text() and latency.inner_text().count("done") >= 2, 60, page,
                  "the upload turn to finish")
         assert "audio upload" in page.locator("#chat").inner_text()
+        rows = latency_cells(page)  # every value whole, the longest task name (IMAGE_A1A2) too
+        assert [r["task"]["text"] for r in rows] == ["T1T2", "IMAGE_A1A2"]
+        assert not [c for r in rows for c in r.values() if c["clipped"]], rows
         # settings apply to this session; a bad phrase list is refused with a message
         page.get_by_text("Interruption and turn-taking settings").click()
         page.get_by_text("off", exact=True).click()

@@ -210,6 +210,48 @@ def test_live_voice_with_webcam_and_stop_omni_barge_in(streamlit_app, media, tmp
         ctx.close()
 
 
+def test_the_export_holds_every_turn_on_the_page_the_latest_typed_one_too(streamlit_app, tmp_path):
+    """Typed questions, exported as soon as the last answer has finished: the zip holds every turn the page shows
+    (the page draws the sidebar's export before it answers the question just typed)."""
+    from playwright.sync_api import sync_playwright
+
+    url, app_dir = streamlit_app
+    with sync_playwright() as p:
+        ctx = chromium(p, tmp_path / "profile")
+        page, sidebar, main, log = open_page(ctx, url, app_dir)
+        sidebar.get_by_text("text", exact=True).click()  # text answers (these questions' end early: greedy)
+
+        def ask(question: str) -> None:
+            done = main.get_by_text("steps/s").count()
+            page.get_by_placeholder("Type a message").fill(question)
+            page.get_by_placeholder("Type a message").press("Enter")
+            wait_for(lambda: main.get_by_text("steps/s").count() > done, 120, page, f"the answer to {question!r}",
+                     log)
+
+        def exported() -> list[str]:
+            export = sidebar.get_by_role("button", name="Export conversation")
+            wait_for(lambda: export.count(), 10, page, "the export button", log)
+            with page.expect_download(timeout=30000) as dl:
+                export.click()
+            return [t["user_text"] for t in json.loads(zipfile.ZipFile(dl.value.path()).read("transcript.json"))["turns"]]
+
+        def shown() -> list[str]:
+            return main.locator('[data-testid="stChatMessage"]:has([data-testid="stChatMessageAvatarUser"]) '
+                                '[data-testid="stChatMessageContent"]').all_inner_texts()
+
+        for question in ("first question", "second question"):
+            ask(question)
+        assert [q.strip() for q in shown()] == ["first question", "second question"]
+        assert exported() == ["first question", "second question"]
+        # a new page (a new session): its first typed turn can be exported at once too
+        page.close()
+        page, sidebar, main, log = open_page(ctx, url, app_dir)
+        sidebar.get_by_text("text", exact=True).click()
+        ask("first question")
+        assert [q.strip() for q in shown()] == ["first question"] and exported() == ["first question"]
+        ctx.close()
+
+
 def test_denied_microphone_is_explained_and_typed_questions_still_work(streamlit_app, tmp_path):
     from playwright.sync_api import sync_playwright
 

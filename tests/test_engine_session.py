@@ -2,6 +2,8 @@
 multi-turn context, camera frames, errors. Real Silero VAD; a scripted model (engine logic only)."""
 
 import json
+import os
+import stat
 import threading
 import time
 import zipfile
@@ -222,6 +224,47 @@ def test_closed_session_removes_its_temp_files_but_keeps_a_named_recordings_fold
     assert engine.get(s.id) is None and (s.dir / "turn_001_assistant.wav").exists()
     assert json.loads((s.dir / "transcript.json").read_text())["turns"][0]["user_text"] == "hi"
     assert "hi" in (s.dir / "transcript.md").read_text()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_default_recordings_folder_is_private_unpredictable_and_removed_on_close(engine):
+    """Voices and webcam frames: no other local user may read them, or make the folder first (a fixed name in
+    /tmp lets them); each engine gets a new folder, which goes when the engine closes."""
+    a = Engine(engine.model, EngineConfig(), recordings_dir=None, options_cls=Options)
+    b = Engine(engine.model, EngineConfig(), recordings_dir=None, options_cls=Options)
+    try:
+        assert a.recordings_dir != b.recordings_dir
+        for e in (a, b):
+            assert mode(e.recordings_dir) == 0o700 and e.recordings_dir.stat().st_uid == os.getuid()
+        s = a.new_session()
+        s.send_text("hi")
+        assert s.wait_idle(20) and (s.dir / "turn_001_assistant.wav").exists()
+        assert s.dir.parent == a.recordings_dir and mode(s.dir) == 0o700
+    finally:
+        a.close()
+        b.close()
+    assert not a.recordings_dir.exists() and not b.recordings_dir.exists()
+
+
+def test_a_named_recordings_folder_keeps_each_session_private(engine, tmp_path):
+    """--recordings DIR: a new DIR is made 0700; an existing one keeps its owner's mode (not loosened, not
+    tightened behind their back); every session folder in it is 0700 either way."""
+    new, existing = tmp_path / "new" / "rec", tmp_path / "shared"
+    existing.mkdir()
+    existing.chmod(0o755)
+    for folder, want in ((new, 0o700), (existing, 0o755)):
+        e = Engine(engine.model, EngineConfig(), recordings_dir=str(folder), options_cls=Options)
+        try:
+            s = e.new_session()
+            s.send_text("hi")
+            assert s.wait_idle(20)
+            assert mode(folder) == want and s.dir.parent == folder and mode(s.dir) == 0o700
+        finally:
+            e.close()
+        assert (s.dir / "transcript.json").exists()  # a named folder keeps the conversation
 
 
 def test_stopping_the_app_ends_its_sessions_so_a_named_recordings_folder_gets_the_transcripts(tmp_path):

@@ -43,3 +43,26 @@ def test_building_the_page_writes_nothing_into_the_source_tree():
     before = sorted(p.name for p in (ROOT / "webui").iterdir())
     build_ui(OmniApp(LoadOptions(checkpoint="tiny", tiny=True)))
     assert sorted(p.name for p in (ROOT / "webui").iterdir()) == before
+
+
+def test_the_page_may_serve_the_folders_of_open_sessions_only(tmp_path):
+    """Gradio serves files from its launched page's allowed_paths: each session's folder while it is open, never
+    the recordings folder above them (`--recordings ~` would hand out the home folder)."""
+    from types import SimpleNamespace
+
+    from webui_fixtures import Options, ScriptedModel
+
+    from webui.engine import Engine, EngineConfig
+    from webui.gradio_app import LoadOptions, OmniApp
+
+    app = OmniApp(LoadOptions(recordings=str(tmp_path)))
+    app.engine = Engine(ScriptedModel("hi"), EngineConfig(), recordings_dir=str(tmp_path), options_cls=Options)
+    app.page = SimpleNamespace(allowed_paths=[])  # what launch() leaves on the gr.Blocks
+    try:
+        a, b = app.new_id(), app.new_id()
+        sa, sb = app.session(a), app.session(b)
+        assert app.page.allowed_paths == [str(sa.dir), str(sb.dir)]
+        app.close_session(a)
+        assert app.page.allowed_paths == [str(sb.dir)]
+    finally:
+        app.engine.close()

@@ -428,6 +428,17 @@ class EngineBusy(ValueError):
     """No new session now: as many as the engine takes are open (a message for the user)."""
 
 
+def recordings_root(recordings_dir: str | None) -> Path:
+    """Where sessions keep their voices, webcam frames and exports: private to this user. By default a new temp
+    folder (mode 0700, unpredictable name: no other local user can read it or create it first); a named folder
+    is made 0700 if it is new, and one that exists keeps the mode its owner gave it."""
+    if recordings_dir is None:
+        return Path(tempfile.mkdtemp(prefix="mini-omni2-webui-")).resolve()
+    root = Path(recordings_dir).expanduser().resolve()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
 class Engine:
     """Owns the model, the worker queue and the ASR used for the stop-command check."""
 
@@ -443,14 +454,12 @@ class Engine:
         self.side_pool = FreshThreadExecutor("asr-bg")
         if self.checker is not None:  # the first ASR call is slow (allocations); pay it now, not at barge-in
             self.asr_pool.submit(self.checker.transcribe, np.zeros(VAD_RATE, np.float32))
-        root = Path(recordings_dir) if recordings_dir else Path(tempfile.gettempdir()) / "mini-omni2-webui"
-        self.recordings_dir = root.resolve()
         # a folder the user named keeps each session's files (and its transcript) when the session ends; the
         # default temp folder is cleaned up
         self.keep_recordings = recordings_dir is not None
-        if self.keep_recordings:  # the app stopped with Ctrl-C still ends its sessions: transcripts are written
-            atexit.register(_close_if_alive, weakref.ref(self))
-        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        self.recordings_dir = recordings_root(recordings_dir)
+        # the app stopped with Ctrl-C still ends its sessions: transcripts are written, temp files removed
+        atexit.register(_close_if_alive, weakref.ref(self))
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self.event_sink: Callable[[str, dict], None] | None = None  # e.g. a JSONL log for tests
@@ -496,6 +505,8 @@ class Engine:
         self.worker.close()
         self.asr_pool.shutdown(wait=False, cancel_futures=True)
         self.side_pool.shutdown(wait=False, cancel_futures=True)
+        if not self.keep_recordings:  # the temp folder made for this engine goes with it
+            shutil.rmtree(self.recordings_dir, ignore_errors=True)
 
 
 class Session:
@@ -506,7 +517,7 @@ class Session:
         self.config = config
         self.id = uuid.uuid4().hex
         self.dir = engine.recordings_dir / self.id
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # in a named folder too, only this user reads it
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self.history: list[Turn] = []

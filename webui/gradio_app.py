@@ -5,9 +5,14 @@ wires components to a `Session` and renders its snapshot.
 
 from __future__ import annotations
 
+import atexit
+import html
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -20,6 +25,7 @@ import numpy as np
 
 from .engine import NOT_AN_IMAGE, Engine, EngineBusy, EngineConfig, Session, freeze_heap
 from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
+from .private import tiny_checkpoint_dir
 from .rtc import allow_loopback_ice
 
 log = logging.getLogger("webui")
@@ -62,12 +68,18 @@ CSS = """
 #banner-random { background:#fff4d6; color:#7a4b00; padding:8px 12px; border-radius:6px; font-weight:600; }
 #status-line { min-height: 1.6em; }
 #status-line, #status-line * { opacity: 1 !important; transition: none !important; }  /* no dimming on each tick */
-#latency table { font-size: 0.85em; }
-#latency th, #latency td, #latency th *, #latency td * { white-space: nowrap !important; }
+#latency .latency-scroll { overflow-x: auto; }  /* a narrow page scrolls the panel; no value is cut */
+#latency table { font-size: 0.85em; border-collapse: collapse; width: 100%; }
+#latency caption { caption-side: top; text-align: left; padding: 0 0 6px; color: var(--block-label-text-color); }
+#latency th, #latency td { padding: 4px 8px; border: 1px solid var(--border-color-primary); text-align: left; }
+#latency td { white-space: nowrap; font-family: var(--font-mono); }  /* headers may wrap, values never */
 """
 
 LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill ms", "first audio s", "ms/step", "steps/s",
                    "RTF", "playback pauses", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
+LATENCY_CAPTION = ("Latency per turn (prefill: encoders + prompt; first audio: from the end of your speech; ms/step: "
+                   "one batch-of-2 decode step; peak RSS: the app process; onset→silence: from your barge-in to quiet "
+                   "output)")
 
 
 class UnreadableImage:
@@ -134,6 +146,7 @@ class OmniApp:
         self.sessions: dict[str, Session] = {}
         self._issued: set[str] = set()  # ids handed to pages; nothing else can open a session
         self._refused: dict[str, str] = {}  # page id -> why it has no session (the engine was full)
+        self.page = None  # the launched gr.Blocks: its allowed_paths are the folders of the open sessions
         self._lock = threading.Lock()
         self._events_lock = threading.Lock()
 
@@ -232,46 +245,35 @@ class OmniApp:
                     return None
                 self._refused.pop(sid, None)
                 self.sessions[sid] = s
+                self._serve(s.dir, True)
             return s
 
     def refusal(self, sid: str | None) -> str | None:
         """Why this page has no session, when the engine was full."""
         with self._lock:
             return self._refused.get(sid or "")
+    def _serve(self, folder: Path, on: bool) -> None:
+        """Let the page have a session's files (chat audio and images, the export), and nothing else of the
+        recordings folder. Gradio 5 reads the launched page's allowed_paths on each use: when it copies an output
+        file into its cache (outside its temp folder and the working folder, only from allowed paths), and for
+        each /gradio_api/file= request. Called with the lock held."""
+        paths = getattr(self.page, "allowed_paths", None)
+        if paths is None:  # not launched (tests that only build the page)
+            return
+        if on:
+            paths.append(str(folder))
+        elif str(folder) in paths:
+            paths.remove(str(folder))
 
     def close_session(self, sid: str | None) -> None:
         with self._lock:
             s = self.sessions.pop(sid or "", None)
             self._issued.discard(sid or "")
             self._refused.pop(sid or "", None)
+            if s is not None:
+                self._serve(s.dir, False)
         if s is not None and self.engine is not None:
             self.engine.close_session(s.id)
-
-
-def tiny_checkpoint_dir(seed: int = 0) -> Path:
-    """The tiny random checkpoint, built once per machine (4 s) in the temp folder."""
-    import tempfile
-
-    import omni
-
-    # keyed by the generator's source, so a changed tiny layout never meets a stale cached copy
-    import hashlib
-    import inspect
-
-    import omni.tiny
-
-    tag = hashlib.sha1(inspect.getsource(omni.tiny).encode()).hexdigest()[:10]
-    d = Path(tempfile.gettempdir()) / f"mini-omni2-tiny-seed{seed}-{tag}"
-    if not (d / "lit_model.pth").exists() or not (d / "snac_24khz").exists():
-        tmp = d.with_name(d.name + f".part{uuid.uuid4().hex[:6]}")
-        omni.make_tiny_checkpoint(tmp, seed=seed)
-        try:
-            tmp.rename(d)
-        except OSError:  # another process won the race; use its copy
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return d
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -335,6 +337,16 @@ def render_latency(turns) -> list[list[Any]]:
             _fmt(tm.get("command_check_s"), 3),
         ])
     return rows
+
+
+def latency_html(turns) -> str:
+    """The latency panel as a plain table: each column is as wide as its longest value, so a status that becomes
+    "interrupted" is shown whole (gr.Dataframe keeps the widths measured for earlier values and cuts it)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in LATENCY_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in render_latency(turns))
+    return (f"<div class='latency-scroll'><table><caption>{html.escape(LATENCY_CAPTION)}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def render_status(app: OmniApp, snap: dict | None) -> str:
@@ -451,7 +463,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
             t = turns[-1]
             if t.status == "done" and "assistant_audio" in t.files:
                 last_audio = t.files["assistant_audio"]  # no live voice connection: play the answer here
-        return render_chat(turns), status, render_latency(turns), snap["version"], last_audio, s.interrupts
+        return render_chat(turns), status, latency_html(turns), snap["version"], last_audio, s.interrupts
 
     def need_session(sid) -> Session:
         s = sess(sid)
@@ -508,7 +520,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         s = sess(sid)
         if s is not None:
             s.clear()
-        return [], []
+        return [], latency_html([])
 
     def settings(sid, policy, phrases, duck, end_silence, onset, pre_roll, threshold, guard, multi_turn, max_tokens,
                  prebuffer):
@@ -573,10 +585,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
                     export_btn = gr.Button("⬇ Export conversation", elem_id="export")
                 export_file = gr.File(label="Export (zip)", elem_id="export-file", interactive=False, height=90,
                               visible=False)  # shown once there is a zip to download
-        latency = gr.Dataframe(headers=LATENCY_HEADERS, label="Latency per turn (prefill: encoders + prompt; first "
-                               "audio: from the end of your speech; ms/step: one batch-of-2 decode step; peak RSS: "
-                               "the app process; onset→silence: from your barge-in to quiet output)",
-                               elem_id="latency", interactive=False, wrap=True)
+        latency = gr.HTML(latency_html([]), elem_id="latency")
         with gr.Accordion("Interruption and turn-taking settings", open=False):
             with gr.Row():
                 policy = gr.Radio(["command", "any", "off"], value=cfg.policy, label="Barge-in policy",
@@ -622,17 +631,22 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
     return demo
 
 
+def private_gradio_cache() -> None:
+    """Gradio copies every file the page shows (voices, webcam frames, answers) and every upload into its cache,
+    by default /tmp/gradio: shared by all local users and readable by them. Unless GRADIO_TEMP_DIR names one, use
+    a new private folder (0700) for this run, removed at exit. Gradio reads the variable when the page is built."""
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        folder = tempfile.mkdtemp(prefix="mini-omni2-gradio-")
+        atexit.register(shutil.rmtree, folder, True)
+        os.environ["GRADIO_TEMP_DIR"] = folder
+
+
 def launch(app: OmniApp, host: str = "127.0.0.1", port: int = 7860, share: bool = False, banner: str | None = None,
            max_file_size: str = "25mb") -> None:
     allow_loopback_ice()
+    private_gradio_cache()
     demo = build_ui(app, banner=banner)
     demo.queue(default_concurrency_limit=8)
-    allowed = [str(app.engine.recordings_dir)] if app.engine else []
-    if app.opts.recordings:
-        allowed.append(str(Path(app.opts.recordings).resolve()))
-    else:
-        import tempfile
-
-        allowed.append(str(Path(tempfile.gettempdir()) / "mini-omni2-webui"))
+    app.page = demo  # each session's folder is allowed while it is open (OmniApp._serve), not the recordings root
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                allowed_paths=allowed, show_api=False, favicon_path=None)
+                show_api=False, favicon_path=None)

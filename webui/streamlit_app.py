@@ -64,7 +64,7 @@ def get_engine(options: tuple) -> Engine:
     args = argparse.Namespace(**dict(options))
     checkpoint = args.checkpoint
     if checkpoint == "tiny":
-        from webui.gradio_app import tiny_checkpoint_dir
+        from webui.private import tiny_checkpoint_dir
 
         checkpoint = str(tiny_checkpoint_dir())
     config = EngineConfig.from_options(args)
@@ -147,9 +147,12 @@ def live_voice(s: Session, webcam: bool):
 
 
 def export_button(s: Session, key: str = "export") -> None:
-    zip_path = s.export_zip()
-    st.download_button("⬇ Export conversation", zip_path.read_bytes(), file_name=zip_path.name,
-                       mime="application/zip", key=key)
+    """The zip is made when the button is clicked (Streamlit calls `data` then), so it holds every turn on the
+    page, also one answered after the button was drawn (the sidebar is drawn before a typed question is). The click
+    does not rerun the page: a rerun could withdraw the zip before the browser has fetched it."""
+    st.download_button("⬇ Export conversation", lambda: s.export_zip().read_bytes(),
+                       file_name=f"conversation-{time.strftime('%Y%m%d-%H%M%S')}.zip", mime="application/zip",
+                       key=key, on_click="ignore")
 
 
 def follow_live(s: Session, area, export_slot) -> None:
@@ -324,7 +327,8 @@ def main() -> None:
         ask = st.button("Ask with upload", disabled=audio_file is None and image_file is None)
         st.divider()
         export_slot = st.empty()
-        if s.history:
+        offered = bool(s.history)
+        if offered:
             with export_slot.container():
                 export_button(s)
         if st.button("Clear"):
@@ -358,6 +362,9 @@ def main() -> None:
     elif active is not None:
         show_user(active)
         stream_answer(s, active)
+        if not offered:  # the page's first turn: there is something to export now
+            with export_slot.container():
+                export_button(s)
 
 
 def show_user(t) -> None:
