@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +27,7 @@ from .tokens import (AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, P
                      frames_from_delayed, whisper_frames)
 from .vision import load_vision_encoder, open_image, preprocess
 
+KEPT_FEATURES = 4  # audios whose Whisper features are kept (a 30 s question's are 4.6 MB in fp32)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -141,7 +142,8 @@ class Omni:
         self.quantize = None if quantize in (None, "none") else quantize
         self.int8_engines: dict[str, str] = {}  # quantised engine each part was packed for (int8 only)
         self.whisper_attention = "sdpa"  # fp32 SDPA, as the official code; speed modes may choose another way
-        self._last_audio: tuple[bytes, torch.Tensor] | None = None  # (digest of the samples, their features)
+        # digest of the samples -> their Whisper features, the most recent last (see encode_audio)
+        self._audio_features: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         t0 = time.perf_counter()
         # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading
         # go straight back to the OS (glibc would otherwise keep them: peak RSS 4.2 -> 3.4 GB at full size).
@@ -233,15 +235,16 @@ class Omni:
     def encode_audio(self, audio, cancel: threading.Event | None = None) -> torch.Tensor | None:
         """Audio -> Whisper features of the kept frames [T, width] (T = int(ms / 20) + 1, at most 1500).
 
-        The features of the last audio encoded are kept: a request with the same samples reuses them (the app
-        encodes a spoken turn while it waits out the end-of-turn silence). None if `cancel` was set meanwhile.
+        The features of the last KEPT_FEATURES audios encoded are kept: a request with the same samples reuses them
+        (the app encodes a spoken turn while it waits out the end-of-turn silence, for several people at once).
+        None if `cancel` was set meanwhile.
         """
         feats = self._whisper_features(audio_io.load_audio(audio), cancel)
         return None if feats is None else feats.clone()  # the kept copy stays as computed
 
     def forget_audio(self) -> None:
-        """Drop the kept features of the last audio (benchmarks time Whisper on every request)."""
-        self._last_audio = None
+        """Drop the kept features (benchmarks time Whisper on every request)."""
+        self._audio_features.clear()
 
     def _n_frames(self, samples: np.ndarray) -> int:
         return min(whisper_frames(len(samples)), self.whisper_dims.n_audio_ctx)
@@ -249,16 +252,18 @@ class Omni:
     @torch.inference_mode()
     def _whisper_features(self, samples: np.ndarray, cancel: threading.Event | None = None) -> torch.Tensor | None:
         digest = hashlib.blake2b(samples.tobytes(), digest_size=16).digest()
-        last = self._last_audio
-        if last is not None and last[0] == digest:
-            return last[1]
+        if (kept := self._audio_features.get(digest)) is not None:
+            self._audio_features.move_to_end(digest)
+            return kept
         mel = audio_io.log_mel(samples).to(self.device)
         feats = audio_io.whisper_encode(self.whisper, mel.unsqueeze(0), self._n_frames(samples), cancel,
                                         self.whisper_attention)
         if feats is None:
             return None
-        self._last_audio = (digest, feats[0].float())
-        return self._last_audio[1]
+        self._audio_features[digest] = feats[0].float()
+        while len(self._audio_features) > KEPT_FEATURES:
+            self._audio_features.popitem(last=False)
+        return self._audio_features[digest]
 
     @torch.inference_mode()
     def encode_image(self, image) -> torch.Tensor:

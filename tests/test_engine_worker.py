@@ -124,3 +124,21 @@ def test_people_waiting_for_their_first_sound_are_served_in_the_order_they_asked
         assert 0.9 < tb.timings["first_audio_s"] < 1.5, tb.timings
     finally:
         engine.close()
+
+
+def test_two_spoken_questions_of_the_same_task_run_at_once(tmp_path):
+    """Jobs are told apart by identity: two A1A2 jobs hold audio arrays, which a field-by-field comparison would
+    compare elementwise (it raised, and the worker thread died with both answers unfinished)."""
+    engine = make(ScriptedModel(speed=10.0, first_delay=0.2), tmp_path)  # ~10 s of speech: 1 s of model time
+    try:
+        a, b = engine.new_session(), engine.new_session()
+        question = (16000, speech("is it raining"))
+        ta, tb = a.send_upload(audio=question), b.send_upload(audio=question)
+        end = time.monotonic() + 5
+        while "queued" in (ta.status, tb.status) and time.monotonic() < end:  # both taken up
+            time.sleep(0.01)
+        assert a.queue_position() == 0 and b.queue_position() == 0 and ta.status == tb.status == "speaking"
+        assert a.wait_idle(20) and b.wait_idle(20)
+        assert ta.status == tb.status == "done" and ta.task == tb.task == "A1A2"
+    finally:
+        engine.close()

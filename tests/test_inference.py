@@ -292,6 +292,7 @@ def test_a_request_reuses_the_features_of_the_audio_just_encoded(tiny_model, med
     want = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)
     fresh = omni.load_model(tiny_model.checkpoint_dir, device="cpu").generate("A1A2", audio=media["stereo"],
                                                                                options=opts)
+    tiny_model.forget_audio()
     calls = []
     real = audio_io.whisper_encode
     monkeypatch.setattr(audio_io, "whisper_encode", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
@@ -305,6 +306,30 @@ def test_a_request_reuses_the_features_of_the_audio_just_encoded(tiny_model, med
     assert got.text_ids == fresh.text_ids and got.audio_ids == fresh.audio_ids
     again = tiny_model.generate("A1A2", audio=media["speech16k"], options=opts)  # other audio: encoded anew
     assert len(calls) == 3 and again.text_ids == want.text_ids and again.audio_ids == want.audio_ids
+
+
+def test_the_features_of_the_last_few_audios_are_kept(tiny_model, media, monkeypatch):
+    """Several people's turns encoded early, one after another: each answer finds its own features; the oldest
+    are dropped past KEPT_FEATURES."""
+    from omni import audio as audio_io
+    from omni.inference import KEPT_FEATURES
+
+    tiny_model.forget_audio()
+    calls = []
+    real = audio_io.whisper_encode
+    monkeypatch.setattr(audio_io, "whisper_encode", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    base = audio_io.load_audio(media["speech16k"])
+    audios = [(16000, base * (1 - 0.01 * i)) for i in range(KEPT_FEATURES + 1)]  # different samples, same length
+    firsts = [tiny_model.encode_audio(a) for a in audios[:KEPT_FEATURES]]
+    assert len(calls) == KEPT_FEATURES
+    for a, f in zip(audios[:KEPT_FEATURES], firsts):
+        assert torch.equal(tiny_model.encode_audio(a), f)
+    assert len(calls) == KEPT_FEATURES  # every one reused
+    tiny_model.encode_audio(audios[-1])  # one more: the least recently used is dropped
+    tiny_model.encode_audio(audios[0])
+    assert len(calls) == KEPT_FEATURES + 2
+    tiny_model.encode_audio(audios[-1])
+    assert len(calls) == KEPT_FEATURES + 2
 
 
 def test_int8_parts_are_packed_for_the_engine_timed_fastest(monkeypatch, virtual_clock):
