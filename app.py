@@ -75,8 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-early-encode", action="store_true", help="do not encode your question while the "
                    "end-of-turn silence runs out (by default Whisper starts 0.2 s into that silence, so the "
                    "answer comes up to 0.4 s sooner on a CPU; the work is dropped if you go on speaking)")
-    p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4); model requests "
-                                                           "are queued one at a time in any case")
+    p.add_argument("--max-voice", type=int, default=4, help="simultaneous voice connections (4)")
+    p.add_argument("--max-sessions", type=int, default=16, help="conversations open at once (16); a page beyond "
+                   "them is told the assistant is busy and gets in when one closes")
+    p.add_argument("--max-answers", type=int, default=4, help="answers the model works on at once, in turns (4); "
+                   "more wait in a queue. Each holds a KV cache (on a GPU, a captured decode graph)")
     p.add_argument("--recordings", default=None, help="keep every session's audio, images and transcript in this "
                                                       "folder, one subfolder per session (default: a private temp "
                                                       "folder, cleaned up when a session ends)")
@@ -138,6 +141,7 @@ def run_streamlit(args) -> int:
     cmd += ["--quantize", args.quantize] if args.quantize else []
     cmd += ["--multi-turn"] if args.multi_turn else []
     cmd += ["--recordings", args.recordings] if args.recordings else []
+    cmd += ["--max-sessions", str(args.max_sessions), "--max-answers", str(args.max_answers)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)  # streamlit takes this process over: stopping app.py stops the server

@@ -496,3 +496,37 @@ def test_input_mistakes_are_explained_and_stop_pauses_the_recorded_answer(app, t
         said = page.locator("#chat").inner_text()
         assert "what is in this picture" not in said and "word word" not in said  # nothing refused was sent
         ctx.close()
+
+
+def test_a_full_app_says_busy_and_a_typed_stop_phrase_is_never_asked(tmp_path):
+    """With --max-sessions 1 a second page is told the assistant is busy (and its messages are refused with that
+    message); on the first page, "stop omni" typed while nothing plays is not sent, and the next question is."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with running_app(["--checkpoint", "tiny", "--port", str(port), "--max-sessions", "1", "--max-new-tokens", "16"],
+                     tmp_path / "app.log", url), sync_playwright() as p:
+        first = chromium(p, tmp_path / "profile1").new_page()
+        first.goto(url, wait_until="load")
+        wait_for(lambda: "✅ ready" in first.locator("#status-line").inner_text(), 120, first, "the first session")
+        first.locator("#mode").get_by_text("text").click()
+        box, chat = first.locator("#text-in textarea"), first.locator("#chat")
+        box.fill("stop omni")
+        first.locator("#send").click()
+        wait_for(lambda: box.input_value() == "", 10, first, "the stop phrase to be taken")
+        first.wait_for_timeout(1500)
+        assert "stop omni" not in chat.inner_text().lower()  # never became a question
+        box.fill("hello there")
+        first.locator("#send").click()
+        wait_for(lambda: "hello there" in chat.inner_text(), 30, first, "the question after it")
+
+        second = chromium(p, tmp_path / "profile2").new_page()
+        second.goto(url, wait_until="load")
+        status = second.locator("#status-line")
+        wait_for(lambda: "busy" in status.inner_text(), 30, second, "the busy message")
+        assert "Try again" in status.inner_text()
+        second.locator("#text-in textarea").fill("am I in?")
+        second.locator("#send").click()
+        wait_for(lambda: "busy" in " ".join(second.locator(".toast-body").all_inner_texts()), 10, second,
+                 "the refusal")

@@ -87,7 +87,8 @@ class EngineConfig:
         return cls(vad=VADConfig(end_silence_s=o.end_silence), policy=o.policy,
                    phrases=parse_phrases(o.phrases) if o.phrases else DEFAULT_PHRASES, multi_turn=o.multi_turn,
                    max_new_tokens=o.max_new_tokens, prebuffer_s=o.prebuffer,
-                   early_encode=not o.no_early_encode).validate()
+                   early_encode=not o.no_early_encode, max_sessions=o.max_sessions,
+                   max_active_answers=o.max_answers).validate()
 
     def validate(self) -> "EngineConfig":
         if self.policy not in POLICIES:

@@ -42,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=int(os.environ.get("OMNI_MAX_NEW_TOKENS", "512")))
     p.add_argument("--multi-turn", action="store_true")
     p.add_argument("--recordings", default=None)
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--max-answers", type=int, default=4)
     # live voice (the same options as app.py's Gradio page)
     p.add_argument("--policy", default="command", choices=["command", "any", "off"])
     p.add_argument("--phrases", default=None)
