@@ -40,8 +40,9 @@ def run_scenario(model, scenario: str, max_new_tokens: int) -> list[dict]:
         mic = timeline(silence(0.5), speech(q), silence(1.0))
 
         def talk(s=s, mic=mic):
-            run_realtime(s, mic, extra_s=120, until=lambda: bool(s.history) and s.history[-1].status != "queued"
-                         and s.history[-1].timings.get("first_audio_s") is not None)
+            # listening to the whole answer, as a person does: an answer far ahead of its playback waits
+            run_realtime(s, mic, extra_s=120, until=lambda: bool(s.history) and s.history[-1].status in
+                         ("done", "error", "interrupted"))
         threads.append(threading.Thread(target=talk))
     for t in threads:
         t.start()
