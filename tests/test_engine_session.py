@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from webui_fixtures import Options, ScriptedModel, silence, speech, timeline
 
-from webui.engine import Engine, EngineConfig, load_audio, load_image
+from webui.engine import Engine, EngineConfig
+from webui.uploads import load_audio, load_image
 
 
 @pytest.fixture
@@ -300,7 +301,7 @@ def test_exporting_again_replaces_the_previous_zip(engine):
 
 def test_side_work_runs_in_order_one_at_a_time_each_on_a_thread_that_ends():
     """ASR work must not keep an OpenMP team alive next to the model worker's (see FreshThreadExecutor)."""
-    from webui.engine import FreshThreadExecutor
+    from webui.worker import FreshThreadExecutor
 
     ex = FreshThreadExecutor("test")
     seen, running, overlap = [], [0], []

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .engine import NOT_AN_IMAGE, Engine, EngineBusy, EngineConfig, Session, freeze_heap
-from .interrupt import DEFAULT_PHRASES, make_transcriber, parse_phrases
+from .engine import Engine, EngineBusy, EngineConfig, freeze_heap
+from .session import Session
+from .interrupt import make_transcriber, parse_phrases
 from .private import tiny_checkpoint_dir
 from .rtc import allow_loopback_ice
+from .uploads import NOT_AN_IMAGE
 
 log = logging.getLogger("webui")
 

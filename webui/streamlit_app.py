@@ -25,8 +25,10 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from omni.tiny import is_test_checkpoint  # noqa: E402
-from webui.engine import (OUT_RATE, Engine, EngineBusy, EngineConfig, Session, close_abandoned,  # noqa: E402
-                          freeze_heap, load_audio, load_image)
+from webui.config import OUT_RATE  # noqa: E402
+from webui.engine import Engine, EngineBusy, EngineConfig, close_abandoned, freeze_heap  # noqa: E402
+from webui.session import Session  # noqa: E402
+from webui.uploads import load_audio, load_image  # noqa: E402
 from webui.interrupt import make_transcriber  # noqa: E402
 
 TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."

@@ -1,0 +1,871 @@
+"""One conversation: turn-taking, barge-in, playback, history. Thread-safe: the transport, the UI and the model
+worker all call in."""
+
+from __future__ import annotations
+
+import json
+import threading
+import logging
+import os
+import shutil
+import time
+import uuid
+import zipfile
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .config import EARLY_ENCODE_AFTER_S, MAX_TEXT_CHARS, MAX_TURNS_KEPT, OUT_RATE, PICTURE_NEEDS_VOICE, TEXT_TASKS, EngineConfig
+from .interrupt import CommandCheck, PhraseMatcher, normalize
+from .turn import Turn, model_timings, slow_speech_hint, truncate_text
+from .uploads import load_audio, load_image
+from .vad import SAMPLE_RATE as VAD_RATE
+from .vad import SpeechDropped, SpeechStarted, TurnDetector, TurnEnded, load_silero, resample, to_float32
+from .worker import GO, HOLD, WAIT, Job
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("webui")
+
+
+class Session:
+    """One conversation. Thread-safe: the transport, the UI and the worker all call in."""
+
+    def __init__(self, engine: Engine, config: EngineConfig):
+        self.engine = engine
+        self.config = config
+        self.id = uuid.uuid4().hex
+        self.dir = engine.recordings_dir / self.id
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # in a named folder too, only this user reads it
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self.history: list[Turn] = []
+        self.version = 0  # bumped on every visible change; UIs re-render when it moves
+        self.notice = ""  # last message for the user (errors, interruptions)
+        self._detector: TurnDetector | None = None
+        self._turn_counter = 0
+        # live assistant turn
+        self._current: Turn | None = None
+        self._job: Job | None = None
+        self._playback: deque[np.ndarray] = deque()
+        self._play_t0 = 0.0
+        self._sent = 0  # samples handed to the transport for the current turn
+        self._ducked = False
+        self._ducked_at = 0.0
+        self._speaking_since: float | None = None
+        self._refilling = False  # ran dry while generating: waiting for _refill_s of speech
+        self._refill_s = 0.0  # speech to queue before (re)starting playback; set per turn (_start_turn)
+        self._early: Job | None = None  # Whisper on the turn as it stands, while its end-of-turn silence runs
+        self._early_key: tuple[float, float] | None = None  # (speech start, last speech) it was started for
+        self._flush_hooks: list[Callable[[], None]] = []
+        self._transports = 0  # live audio outputs; without one, speech is kept for replay only
+        self._silence_at: float | None = None
+        # barge-in
+        self._barge: dict | None = None  # state of the barge-in utterance being heard
+        self._vetting: Turn | None = None  # a short spoken turn being checked for a stop phrase: not played yet
+        self._camera: tuple[float, np.ndarray] | None = None
+        self.interrupts = 0
+        self.events: deque[dict] = deque(maxlen=500)  # timeline for tests and the latency panel
+        self.closed = False
+
+    # ------------------------------------------------------------ settings
+
+    def update_config(self, **kw) -> None:
+        with self._lock:
+            vad_kw = {k: kw.pop(k) for k in list(kw) if hasattr(self.config.vad, k)}
+            cfg = replace(self.config, **kw)
+            cfg.vad = replace(self.config.vad, **vad_kw)
+            cfg.validate()
+            if vad_kw and self._detector is not None:
+                self._detector = TurnDetector(cfg.vad, self._detector.model)
+            self.config = cfg
+            self._matcher = None
+            self._bump()
+
+    @property
+    def matcher(self) -> PhraseMatcher:
+        m = getattr(self, "_matcher", None)
+        if m is None:
+            m = self._matcher = PhraseMatcher(self.config.phrases)
+        return m
+
+    # ------------------------------------------------------------ inputs
+
+    def set_camera_frame(self, frame: np.ndarray | None) -> None:
+        """Latest webcam frame (HxWx3 uint8); None means the camera was turned off."""
+        with self._lock:
+            was_on = self.camera_frame() is not None
+            if frame is None:
+                self._camera = None
+            else:
+                self._camera = (time.monotonic(), np.ascontiguousarray(frame[..., :3]).astype(np.uint8, copy=False))
+            if was_on != (frame is not None):
+                self._event("camera_on" if frame is not None else "camera_off")
+
+    def camera_frame(self) -> np.ndarray | None:
+        with self._lock:
+            if self._camera and time.monotonic() - self._camera[0] <= self.config.camera_max_age_s:
+                return self._camera[1]
+        return None
+
+    def feed_audio(self, sample_rate: int, pcm: np.ndarray) -> None:
+        """Microphone audio from the transport, in any chunk size."""
+        if self.closed:
+            return
+        with self._lock:
+            if self._detector is None:
+                self._detector = TurnDetector(self.config.vad, load_silero())
+            active = self._assistant_active()
+            if active and self.config.policy == "off":
+                return  # half-duplex: the mic is ignored while the assistant speaks
+            det = self._detector
+            events = det.push(sample_rate, pcm)
+            now = time.monotonic()
+            for ev in events:
+                t_wall = now - (det.time - (ev.t if isinstance(ev, SpeechStarted) else ev.t_end))
+                self._on_vad(ev, t_wall)
+            if self._barge is not None and det.in_speech:
+                self._barge_progress(det, now)
+            self._encode_early(det)
+
+    def _encode_early(self, det: TurnDetector) -> None:
+        """While a spoken turn's end-of-turn silence runs out, have the model encode the turn's audio (the audio
+        cannot change any more unless speech resumes; the answer then finds its Whisper features ready). Only
+        when the model is idle; the work is dropped as soon as the speaker goes on."""
+        early = self._early
+        if early is not None and early.finished is None and det.in_speech and det.trailing_silence_s == 0:
+            early.cancel.set()  # speaking again: that was a pause, not the end of the turn
+            self.engine.worker.remove(early)
+            self._early = None
+            self._event("early_encode_dropped")
+            return
+        cfg = self.config
+        if not (cfg.early_encode and det.in_speech and det.speech_s >= cfg.vad.min_turn_s
+                and det.trailing_silence_s >= max(cfg.vad.tail_s, EARLY_ENCODE_AFTER_S)):
+            return
+        key = (det.speech_start, det.last_speech_end)
+        if key == self._early_key or self._assistant_active() or not self.engine.worker.idle \
+                or not callable(getattr(self.engine.model, "encode_audio", None)):
+            return
+        self._early_key = key
+
+        def nothing(*_):
+            pass
+
+        self._early = self.engine.worker.submit(Job("encode", {"audio": (VAD_RATE, det.turn_audio())}, nothing,
+                                                     nothing, nothing, kind="encode"))
+        self._event("early_encode", silence_s=det.trailing_silence_s)
+
+    def send_text(self, text: str, speak: bool = True, image=None) -> Turn | None:
+        """A typed question; None when it is only a stop phrase, which stops the answer if one runs and is never
+        sent to the model."""
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("Type a message first.")
+        if " ".join(normalize(text)) in self.config.phrases:
+            self.interrupt("typed stop")
+            self._event("stop_phrase_dropped", source="typed")
+            return None
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"The message is too long ({len(text)} characters; the limit is {MAX_TEXT_CHARS}).")
+        if image is not None:  # answering without it while showing it in the chat would mislead
+            raise ValueError(PICTURE_NEEDS_VOICE + " To send the typed message, remove the picture.")
+        return self._start_turn("text", TEXT_TASKS["speech" if speak else "text"], text=text)
+
+    def send_upload(self, audio=None, image=None, speak: bool = True, kind: str = "upload",
+                    image_source: str = "upload") -> Turn:
+        """An uploaded or recorded question (audio, optionally with an image): answered like a voice turn.
+        `kind`/`image_source` say where they came from for the history ("voice"/"webcam" for a recording
+        and a webcam photo taken on the page)."""
+        if audio is None:
+            if image is not None:
+                raise ValueError(PICTURE_NEEDS_VOICE)
+            raise ValueError("Upload an audio file (with an optional image), or type a message.")
+        img = load_image(image) if image is not None else None
+        a = load_audio(audio)
+        task = "IMAGE_A1A2" if img is not None else "A1A2"
+        if not speak:
+            task = "A1T2" if img is None else "IMAGE_A1A2"
+        turn = self._start_turn(kind, task, audio=a, image=img, image_source=image_source if img is not None else "")
+        if kind == "voice":  # a recorded question (e.g. Streamlit's recorder) may be a stop phrase too
+            self._vet_turn(turn, turn.user_audio)
+        return turn
+
+    # ------------------------------------------------------------ playback (pulled by the transport)
+
+    def attach_transport(self, flush: Callable[[], None] | None = None) -> None:
+        """A live audio output starts pulling `next_frame`; `flush` drops what it has queued."""
+        with self._lock:
+            self._transports += 1
+            if flush is not None:
+                self._flush_hooks.append(flush)
+
+    def detach_transport(self, flush: Callable[[], None] | None = None) -> None:
+        with self._lock:
+            self._transports = max(0, self._transports - 1)
+            if flush is not None and flush in self._flush_hooks:
+                self._flush_hooks.remove(flush)
+            if self._transports == 0:
+                self._playback.clear()
+                if self._current is not None and self._job is None and self._current.status == "speaking":
+                    self._finish_turn(self._current)
+
+    @property
+    def live_audio(self) -> bool:
+        return self._transports > 0
+
+    def add_flush_hook(self, fn: Callable[[], None]) -> None:
+        """Called on interrupt to drop audio the transport has queued (e.g. fastrtc's clear_queue)."""
+        with self._lock:
+            self._flush_hooks.append(fn)
+
+    def remove_flush_hook(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if fn in self._flush_hooks:
+                self._flush_hooks.remove(fn)
+
+    def next_frame(self, samples: int = 480, timeout: float = 0.02) -> np.ndarray | None:
+        """The next `samples` of speech (int16, 24 kHz) once it is due, or None (silence) after `timeout`.
+
+        Frames are released at real-time pace with a small lead, so "handed out" is "played" to within
+        `playback_lead_s`; that is what lets an interruption truncate the answer to what was heard.
+        Playback starts once `prebuffer_s` of speech is queued (at once when the answer is complete). When it
+        runs dry while the answer is still being generated (a model slower than real time), it pauses until
+        twice the last target is queued (at most `max_ahead_s`): a few longer pauses instead of a stutter at
+        every chunk, as video players rebuffer. `omni.bench.playback_gaps` models this player.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                heard_all = now >= self._play_t0 + self._sent / OUT_RATE
+                if self._ducked or self._vetting is not None:
+                    wait = deadline - now
+                elif not self._playback:
+                    if self._job is not None and self._speaking_since is not None and not self._refilling \
+                            and heard_all:  # ran dry while generating
+                        self._refilling = True
+                        self._refill_s = min(2 * self._refill_s, self.config.max_ahead_s)
+                        if self._current is not None:
+                            self._current.timings["rebuffers"] = self._current.timings.get("rebuffers", 0) + 1
+                    self._maybe_finish_playback()
+                    wait = deadline - now
+                elif (self._speaking_since is None or self._refilling) and self._job is not None \
+                        and self._queued_s() < self._refill_s:
+                    wait = deadline - now  # let the buffer fill first
+                else:
+                    if self._speaking_since is None or self._refilling or heard_all:
+                        # (re)start, or a gap shorter than one poll: the play clock runs from now
+                        self._play_t0 = now - self._sent / OUT_RATE
+                        self._refilling = False
+                        if self._speaking_since is None:
+                            self._speaking_since = now
+                    due = self._play_t0 + self._sent / OUT_RATE - self.config.playback_lead_s
+                    if now >= due:
+                        return self._take(samples)
+                    wait = min(due, deadline) - now
+                if wait <= 0:
+                    return None
+                self._cond.wait(wait)
+
+    def _queued_s(self) -> float:
+        """Seconds of speech generated and not yet handed to the transport."""
+        return sum(len(c) for c in self._playback) / OUT_RATE
+
+    def _take(self, samples: int) -> np.ndarray:
+        out = np.zeros(samples, np.int16)
+        n = 0
+        while n < samples and self._playback:
+            chunk = self._playback[0]
+            k = min(samples - n, len(chunk))
+            out[n : n + k] = chunk[:k]
+            if k == len(chunk):
+                self._playback.popleft()
+            else:
+                self._playback[0] = chunk[k:]
+            n += k
+        self._sent += n
+        return out
+
+    def _maybe_finish_playback(self) -> None:
+        t = self._current
+        if t is not None and not self._playback and self._job is None and not self._ducked:
+            # everything generated has been handed out; the turn ends when it has been heard
+            if time.monotonic() >= self._play_t0 + self._sent / OUT_RATE or self._sent == 0:
+                self._finish_turn(t)
+
+    # ------------------------------------------------------------ state for UIs
+
+    def _assistant_active(self) -> bool:
+        return self._current is not None and self._current.status in ("queued", "running", "speaking")
+
+    @property
+    def assistant_active(self) -> bool:
+        with self._lock:
+            return self._assistant_active()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no turn is queued, generating or playing (for tests and non-streaming UIs)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._assistant_active():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    @property
+    def current(self) -> Turn | None:
+        """The turn being answered (queued, generating or playing), if any."""
+        with self._lock:
+            return self._current if self._assistant_active() else None
+
+    def queue_position(self) -> int | None:
+        job = self._job
+        return self.engine.worker.position(job) if job is not None else None
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "version": self.version,
+                "turns": list(self.history),
+                "active": self._assistant_active(),
+                "listening": bool(self._detector and self._detector.in_speech),
+                "ducked": self._ducked,
+                "queue_position": self.queue_position(),
+                "notice": self.notice,
+                "camera_on": self.camera_frame() is not None,
+            }
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._cond.notify_all()
+
+    def _event(self, kind: str, **kw) -> None:
+        rec = {"t": time.monotonic(), "ev": kind, **kw}
+        self.events.append(rec)
+        sink = self.engine.event_sink
+        if sink is not None:
+            try:
+                sink(self.id, rec)
+            except Exception:
+                log.debug("event sink failed", exc_info=True)
+
+    # ------------------------------------------------------------ turn-taking and barge-in
+
+    def _on_vad(self, ev, t_wall: float) -> None:
+        cfg = self.config
+        if isinstance(ev, SpeechStarted):
+            self._event("speech_started", at=t_wall)
+            if not self._assistant_active():
+                return
+            if self._speaking_since is not None and t_wall < self._speaking_since + cfg.echo_guard_s:
+                self._event("onset_ignored_guard")
+                self._barge = {"ignored": True, "onset": t_wall}
+                return
+            self._barge = {"onset": t_wall, "checked_len": 0, "checks": 0, "pending": None, "in_flight": False}
+            if cfg.policy == "any":
+                self._interrupt("speech", t_wall, None)
+            elif cfg.duck_on_speech and self._current is not None:
+                self._duck(t_wall)
+            return
+        if isinstance(ev, (TurnEnded, SpeechDropped)):
+            barge = self._barge
+            self._barge = None
+            if barge is not None and not barge.get("ignored") and self._assistant_active() and isinstance(ev, TurnEnded):
+                if cfg.policy == "command":
+                    if barge.get("max_checked"):
+                        if self._ducked and not barge.get("in_flight"):
+                            self._unduck("long speech is not a command")
+                    elif barge.get("checked_end", -1) >= ev.t_end - 1e-6:
+                        if self._ducked and not barge.get("in_flight"):
+                            self._unduck("not a command")
+                    else:
+                        self._launch_check(ev.audio, ev.t_end, barge, final=True, end_wall=t_wall)
+                return
+            if barge is not None and self._assistant_active():
+                if isinstance(ev, SpeechDropped) and self._ducked and not barge.get("in_flight"):
+                    self._unduck("too short")
+                return  # speech heard while the assistant was talking is never a new turn
+            if barge is not None and barge.get("ignored"):
+                return
+            if barge is not None and barge.get("command"):
+                return  # the stop command itself
+            if isinstance(ev, TurnEnded):
+                self._event("turn_detected", start=ev.t_start, end=ev.t_end, speech_s=ev.speech_s)
+                frame = self.camera_frame()
+                task = "IMAGE_A1A2" if frame is not None else "A1A2"
+                turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
+                                        image_source="webcam" if frame is not None else "")
+                turn.timings["speech_end_wall"] = t_wall
+                self._vet_turn(turn, turn.user_audio)
+            else:
+                self._event("speech_dropped", speech_s=ev.speech_s)
+
+    def _vet_turn(self, turn: Turn, audio16k: np.ndarray) -> None:
+        """A short spoken turn said while nothing played may be a stop phrase ("stop omni" just as an answer
+        ended): its answer is generated meanwhile but not played until the check says it is a question; a stop
+        phrase drops the turn quietly instead of having it answered."""
+        checker = self.engine.checker
+        if checker is None or len(audio16k) > self.config.command_max_s * VAD_RATE:
+            return
+        self._vetting = turn
+        matcher = self.matcher
+
+        def run():
+            try:
+                res = checker.check(audio16k, "", matcher)
+            except Exception as e:
+                log.error("stop-phrase check failed: %s", e)
+                res = CommandCheck(False, "", None, 0.0, f"error: {e}")
+            with self._lock:
+                if self._vetting is turn:
+                    self._vetting = None
+                only_phrase = res.is_command and len(normalize(res.transcript)) <= len(res.phrase.split()) + 2
+                self._event("turn_vetted", index=turn.index, stop_phrase=only_phrase, transcript=res.transcript)
+                if only_phrase:
+                    self._drop_turn(turn)
+                self._bump()
+
+        self.engine.asr_pool.submit(run)
+
+    def _drop_turn(self, turn: Turn) -> None:
+        """Forget a turn that was a stop phrase: its answer is cancelled, its files removed, nothing shown."""
+        if self._job is not None and turn is self._current:
+            self._job.cancel.set()
+            self.engine.worker.remove(self._job)
+            self._job = None
+        if turn is self._current:
+            self._current = None
+            self._playback.clear()
+            self._speaking_since = None
+        turn.status = "cancelled"
+        if turn in self.history:
+            self.history.remove(turn)
+        for path in turn.files.values():
+            Path(path).unlink(missing_ok=True)
+        self._event("stop_phrase_dropped", source="spoken", index=turn.index)
+
+    def _barge_progress(self, det: TurnDetector, now: float) -> None:
+        b = self._barge
+        if b is None or b.get("ignored") or self.config.policy != "command" or not self._assistant_active():
+            return
+        length = det.time - det.speech_start
+        paused = det.trailing_silence_s >= self.config.command_pause_s
+        if paused and det.last_speech_end > b.get("checked_end", -1):
+            b["checked_end"] = det.last_speech_end
+            audio = det.current_audio()
+            keep = len(audio) - int(det.trailing_silence_s * VAD_RATE)
+            self._launch_check(audio[: max(keep, 0)], det.last_speech_end, b, final=False,
+                               end_wall=now - det.trailing_silence_s)
+        elif length >= self.config.command_max_s and not b.get("max_checked"):
+            b["max_checked"] = True
+            self._launch_check(det.current_audio(), det.time, b, final=False, end_wall=now)
+
+    def _launch_check(self, audio16k: np.ndarray, t_end: float, barge: dict, final: bool, end_wall: float | None = None) -> None:
+        checker = self.engine.checker
+        if checker is None:
+            if self._ducked:
+                self._unduck("no ASR configured")
+            return
+        turn = self._current
+        if barge.get("in_flight"):
+            barge["pending"] = (audio16k, t_end, final, end_wall)
+            return
+        barge["in_flight"] = True
+        said = turn.assistant_text if turn else ""
+        matcher = self.matcher
+        end_wall = end_wall if end_wall is not None else time.monotonic()
+        rms = float(np.sqrt(np.mean(audio16k.astype(np.float64) ** 2))) if len(audio16k) else 0.0
+        self._event("command_check_started", final=final, audio_s=len(audio16k) / VAD_RATE, rms=round(rms, 4))
+        if os.environ.get("WEBUI_DEBUG_AUDIO"):
+            import soundfile as sf
+
+            sf.write(self.dir / f"barge_{int(time.time() * 1000)}.wav", audio16k, VAD_RATE)
+
+        def run():
+            try:
+                res = checker.check(audio16k, said, matcher)
+            except Exception as e:
+                log.error("command check failed: %s", e)
+                res = CommandCheck(False, "", None, 0.0, f"error: {e}")
+            self._on_check(res, turn, barge, end_wall, final)
+
+        self.engine.asr_pool.submit(run)
+
+    def _on_check(self, res: CommandCheck, turn: Turn | None, barge: dict, end_wall: float, final: bool) -> None:
+        with self._lock:
+            barge["in_flight"] = False
+            barge["checks"] = barge.get("checks", 0) + 1
+            self._event("command_check", is_command=res.is_command, transcript=res.transcript,
+                        reason=res.reason, seconds=res.seconds)
+            if turn is not self._current or not self._assistant_active():
+                return
+            if res.is_command:
+                barge["command"] = True
+                still_speaking = self._barge is barge
+                self._interrupt(f"command: {res.transcript}", barge["onset"], res, end_wall)
+                if still_speaking:
+                    self._barge = barge  # the rest of this utterance is the command, never a new turn
+                return
+            pending = barge.get("pending")
+            barge["pending"] = None
+            if pending is not None:
+                a, t_end, fin, ew = pending
+                self._launch_check(a, t_end, barge, fin, ew)
+                return
+            still_speaking = self._barge is barge
+            if self._ducked and (final or not still_speaking or barge.get("max_checked") or res.reason == "echo"):
+                self._unduck(res.reason)
+
+    def _duck(self, onset_wall: float) -> None:
+        self._ducked = True
+        now = time.monotonic()
+        self._ducked_at = now
+        self._silence_at = self._silence_after_flush(now)
+        if self._current is not None:
+            self._current.timings.setdefault("ducks", 0)
+            self._current.timings["ducks"] += 1
+            self._current.timings["duck_onset_to_silence_s"] = round(self._silence_at - onset_wall, 3)
+        self._event("ducked", onset=onset_wall, silence_at=self._silence_at)
+        self._bump()
+
+    def _unduck(self, why: str) -> None:
+        self._ducked = False
+        # resume where playback stopped: the play clock restarts from now
+        self._play_t0 = time.monotonic() - self._sent / OUT_RATE
+        self._event("resumed", why=why)
+        self._bump()
+
+    def _silence_after_flush(self, now: float) -> float:
+        """When the output goes quiet if nothing more is handed out from `now` on."""
+        for fn in list(self._flush_hooks):
+            try:
+                fn()
+            except Exception:
+                log.debug("flush hook failed", exc_info=True)
+        if self._speaking_since is None:
+            return now
+        return max(now, self._play_t0 + self._sent / OUT_RATE)
+
+    def interrupt(self, reason: str = "button") -> bool:
+        """Stop the current answer now (the UI's stop button)."""
+        with self._lock:
+            if not self._assistant_active():
+                return False
+            self._interrupt(reason, time.monotonic(), None)
+            return True
+
+    def _interrupt(self, reason: str, onset_wall: float, check: CommandCheck | None, end_wall: float | None = None) -> None:
+        turn = self._current
+        if turn is None or not self._assistant_active():
+            return
+        now = time.monotonic()
+        if self._job is not None:
+            self._job.cancel.set()
+            self.engine.worker.remove(self._job)
+        was_ducked = self._ducked
+        silence_at = self._silence_at if was_ducked and self._silence_at else self._silence_after_flush(now)
+        lead = max(0.0, self._play_t0 + self._sent / OUT_RATE - now) if self._speaking_since is not None else 0.0
+        played = max(0.0, self._sent / OUT_RATE - (0.0 if was_ducked else lead))
+        # without a live player (the Streamlit page, Gradio before its voice stream starts) the text was read as
+        # it came and no speech was heard yet: keep what was generated up to now, text and speech
+        turn.live = self._transports > 0
+        self._playback.clear()
+        self._ducked = False
+        self.interrupts += 1
+        turn.status = "interrupted"
+        turn.interrupted_by = reason
+        turn.played_s = played
+        turn.full_text = turn.assistant_text
+        if turn.live:
+            turn.assistant_text = truncate_text(turn, played)
+        t = turn.timings
+        t["interrupt_reason"] = reason
+        t["onset_to_silence_s"] = round(silence_at - onset_wall, 3)
+        t["decision_to_silence_s"] = round(max(0.0, silence_at - now), 3)
+        if check is not None:
+            t["command_check_s"] = round(check.seconds, 3)
+            t["command_transcript"] = check.transcript
+        if end_wall is not None:
+            # end of the spoken command -> output quiet (or already quiet when ducked)
+            t["command_end_to_decision_s"] = round(now - end_wall, 3)
+        self._event("interrupted", reason=reason, onset=onset_wall, silence_at=silence_at, played_s=played)
+        self.notice = f"Interrupted ({reason})."
+        self._job = None  # the cancelled job winds down within one decode step; its events are ignored
+        self._finish_turn(turn, keep_status=True)
+
+    # ------------------------------------------------------------ running a turn
+
+    def _start_turn(self, kind: str, task: str, audio=None, image=None, text: str = "", image_source: str = "") -> Turn:
+        with self._lock:
+            if self._assistant_active():
+                # a new request replaces the answer in progress (typed text or upload while it speaks)
+                self._interrupt("new message", time.monotonic(), None)
+            self._turn_counter += 1
+            turn = Turn(self._turn_counter, kind, task, user_text=text)
+            if audio is not None:
+                sr, a = audio
+                turn.user_audio = resample(to_float32(a).reshape(-1), sr, VAD_RATE)
+            turn.image = image
+            turn.image_source = image_source
+            self.history.append(turn)
+            del self.history[:-MAX_TURNS_KEPT]
+            self._current = turn
+            self._playback.clear()
+            self._sent = 0
+            self._speaking_since = None
+            # never more than max_ahead_s: generation pauses there, so playback would wait forever
+            self._refilling, self._refill_s = False, min(self.config.prebuffer_s, self.config.max_ahead_s)
+            self._ducked = False
+            self._barge = None
+            self._vetting = None
+            inputs: dict = {"options": self.engine._options(self.config)}
+            if turn.user_audio is not None:
+                inputs["audio"] = (VAD_RATE, turn.user_audio)
+            if image is not None:
+                inputs["image"] = image
+            if text:
+                inputs["text"] = self._context(text) if self.config.multi_turn else text
+            inputs["stride"] = self.config.stride
+            inputs["mode"] = self.config.stream_mode
+            submitted = time.monotonic()
+            turn.timings["submitted"] = submitted
+            job = Job(task, inputs, lambda ev: self._on_model_event(turn, ev, job),
+                      lambda msg: self._on_model_error(turn, msg), lambda j: self._on_job_done(turn, j),
+                      gate=lambda: self._gate(turn))
+            self._job = job
+            self.engine.worker.submit(job)
+            self._event("turn_submitted", index=turn.index, task=task)
+            self._save_inputs(turn)
+            self._bump()
+            return turn
+
+    def _context(self, text: str) -> str:
+        """Opt-in multi-turn: previous exchanges as plain text ahead of the new message."""
+        lines = []
+        for t in self.history[:-1][-self.config.history_turns :]:
+            user = t.user_text or t.user_transcript
+            if user and t.assistant_text:
+                lines.append(f"User: {user}\nAssistant: {t.assistant_text}")
+        if not lines:
+            return text
+        return "\n".join(lines) + f"\nUser: {text}"
+
+    def _on_model_event(self, turn: Turn, ev, job: Job) -> None:
+        from omni.events import AudioChunk, Finished, TextDelta
+
+        with self._lock:
+            turn.timings["throttled_s"] = round(job.paused_s, 3)
+            if isinstance(ev, Finished) and ev.stats is not None and turn.status == "interrupted":
+                turn.timings["model"] = model_timings(ev.stats, job.paused_s)
+                turn.timings["steps_per_s"] = turn.timings["model"].get("steps_per_s")
+            if turn is not self._current or turn.status == "interrupted":
+                return
+            if turn.status == "queued":
+                turn.status = "running"
+                # until the worker took the question up (its encoders and prefill are the answer's own time)
+                turn.timings["queue_wait_s"] = round((job.started or time.monotonic()) - turn.timings["submitted"], 3)
+            if isinstance(ev, TextDelta):
+                turn.assistant_text += ev.text
+                turn.text_marks.append((turn.generated_s(), len(turn.assistant_text)))
+                if "first_text_s" not in turn.timings:
+                    turn.timings["first_text_s"] = round(time.monotonic() - turn.timings["submitted"], 3)
+            elif isinstance(ev, AudioChunk):
+                pcm = np.asarray(ev.pcm)
+                if pcm.dtype != np.int16:
+                    pcm = (np.clip(to_float32(pcm), -1, 1) * 32767).astype(np.int16)
+                if ev.sample_rate != OUT_RATE:
+                    pcm = (resample(pcm.astype(np.float32) / 32768, ev.sample_rate, OUT_RATE) * 32767).astype(np.int16)
+                turn.assistant_audio.append(pcm)
+                turn.status = "speaking"
+                if "first_audio_s" not in turn.timings:
+                    now = time.monotonic()
+                    turn.timings["first_audio_s"] = round(now - turn.timings["submitted"], 3)
+                    if "speech_end_wall" in turn.timings:
+                        turn.timings["speech_end_to_first_audio_s"] = round(now - turn.timings["speech_end_wall"], 3)
+                if self._transports:
+                    self._playback.append(pcm)
+                    self._bump()
+            elif isinstance(ev, Finished):
+                st = ev.stats
+                if st is not None:
+                    turn.timings["model"] = model_timings(st, job.paused_s)
+                    if not turn.assistant_text and ev.result.text:
+                        turn.assistant_text = ev.result.text
+            self._bump()
+
+    def _gate(self, turn: Turn) -> str:
+        """Asked by the model worker before each step of this turn's answer: WAIT while the speech generated is
+        far ahead of playback (generating faster than real time buys nothing but CPU taken from the VAD, the
+        command check and other sessions, and work thrown away on an interruption); HOLD while playback is
+        paused for a possible stop command, so the command check has the CPU."""
+        with self._lock:
+            if turn is not self._current or turn.status == "interrupted" or self.closed or not self._transports:
+                return GO
+            if self._ducked and time.monotonic() - self._ducked_at < self.config.command_max_s + 2.0:
+                return HOLD
+            return WAIT if self._queued_s() > self.config.max_ahead_s else GO
+
+    def _on_model_error(self, turn: Turn, msg: str) -> None:
+        with self._lock:
+            turn.status = "error"
+            turn.error = msg
+            self.notice = msg
+            self._bump()
+
+    def _on_job_done(self, turn: Turn, job: Job) -> None:
+        with self._lock:
+            if self._job is job:
+                self._job = None
+            if turn is self._current:
+                if turn.status == "error":
+                    self._finish_turn(turn, keep_status=True)
+                elif turn.status in ("queued", "running") or not self._transports:
+                    self._finish_turn(turn)  # text-only answer, or nobody is listening live
+                # otherwise the turn ends when its audio has been played (next_frame)
+            self._bump()
+
+    def _finish_turn(self, turn: Turn, keep_status: bool = False) -> None:
+        if not keep_status:
+            turn.status = "done" if turn.status != "error" else "error"
+            turn.played_s = turn.generated_s()
+        if self._current is turn:
+            self._current = None
+            self._playback.clear()
+            self._speaking_since = None
+            self._ducked = False
+            self._barge = None
+        if self.config.policy == "off" and self._detector is not None:
+            self._detector.reset()  # half-duplex: what was said over the answer is dropped
+        m = turn.timings.get("model") or {}
+        turn.timings.setdefault("steps_per_s", m.get("steps_per_s"))
+        turn.timings.setdefault("real_time_factor", m.get("real_time_factor"))
+        hint = slow_speech_hint(turn.timings.get("rebuffers", 0), turn.timings.get("real_time_factor"),
+                                self.engine.model)
+        if hint and turn.status == "done":
+            self.notice = hint
+        self._event("turn_finished", index=turn.index, status=turn.status)
+        self._save_outputs(turn)
+        question = turn.user_audio
+        if question is not None and self.engine.checker is not None and not turn.user_transcript:
+            self.engine.side_pool.submit(self._transcribe_user, turn, question)
+        turn.release_media()
+        self._bump()
+
+    def _transcribe_user(self, turn: Turn, question: np.ndarray) -> None:
+        try:
+            text = self.engine.checker.transcribe(question)
+        except Exception:
+            return
+        with self._lock:
+            turn.user_transcript = text
+            self._bump()
+
+    # ------------------------------------------------------------ files and export
+
+    def _save_inputs(self, turn: Turn) -> None:
+        import soundfile as sf
+
+        if turn.user_audio is not None:
+            p = self.dir / f"turn_{turn.index:03d}_user.wav"
+            sf.write(p, turn.user_audio, VAD_RATE, subtype="PCM_16")
+            turn.files["user_audio"] = str(p)
+        if turn.image is not None:
+            from PIL import Image
+
+            p = self.dir / f"turn_{turn.index:03d}_image.jpg"
+            Image.fromarray(turn.image).save(p, quality=90)
+            turn.files["image"] = str(p)
+
+    def _save_outputs(self, turn: Turn) -> None:
+        import soundfile as sf
+
+        audio = turn.audio()
+        if turn.status == "interrupted" and turn.live:
+            audio = audio[: int(turn.played_s * OUT_RATE)]  # keep what was actually heard
+        if len(audio):  # nothing heard: no file (an empty one shows as a 0:00 player)
+            p = self.dir / f"turn_{turn.index:03d}_assistant.wav"
+            sf.write(p, audio, OUT_RATE, subtype="PCM_16")
+            turn.files["assistant_audio"] = str(p)
+
+    def transcript(self) -> dict:
+        with self._lock:
+            turns = []
+            for t in self.history:
+                turns.append({
+                    "index": t.index, "kind": t.kind, "task": t.task, "status": t.status,
+                    "user_text": t.user_text, "user_transcript": t.user_transcript,
+                    "image_source": t.image_source,
+                    "assistant_text": t.assistant_text,
+                    "assistant_text_generated": t.full_text or t.assistant_text,
+                    "interrupted_by": t.interrupted_by, "played_s": round(t.played_s, 3),
+                    "error": t.error,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t.started_wall)),
+                    "timings": {k: v for k, v in t.timings.items() if k not in ("submitted", "speech_end_wall")},
+                    "files": {k: Path(v).name for k, v in t.files.items()},
+                })
+            return {"format": "mini-omni2-webui/1", "session": self.id, "policy": self.config.policy,
+                    "multi_turn": self.config.multi_turn, "turns": turns}
+
+    def _transcript_texts(self) -> tuple[str, str]:
+        """transcript.json and the readable transcript.md."""
+        data = self.transcript()
+        md = [f"# Conversation {time.strftime('%Y-%m-%d %H:%M')}", ""]
+        for t in data["turns"]:
+            user = t["user_text"] or (f"(voice) {t['user_transcript']}" if t["user_transcript"] else "(voice)")
+            md.append(f"**You** (turn {t['index']}, {t['task']}): {user}")
+            if t["image_source"]:
+                md.append(f"  image from {t['image_source']}: {t['files'].get('image', '')}")
+            note = f" [interrupted after {t['played_s']:.1f} s: {t['interrupted_by']}]" if t["status"] == "interrupted" else ""
+            if t["error"]:
+                note += f" [error: {t['error']}]"
+            md.append(f"**Omni**: {t['assistant_text']}{note}")
+            md.append("")
+        return json.dumps(data, indent=2, ensure_ascii=False), "\n".join(md)
+
+    def export_zip(self) -> Path:
+        """transcript.json + transcript.md + every audio/image file, zipped inside the session folder (the
+        previous export there is replaced: a page may export after every turn)."""
+        transcript_json, transcript_md = self._transcript_texts()
+        out = self.dir / f"conversation-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+        for old in self.dir.glob("conversation-*.zip"):
+            if old != out:
+                old.unlink(missing_ok=True)
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("transcript.json", transcript_json)
+            z.writestr("transcript.md", transcript_md)
+            with self._lock:
+                paths = [Path(p) for t in self.history for p in t.files.values()]
+            for p in paths:
+                if p.exists() and p.resolve().parent == self.dir.resolve():
+                    z.write(p, arcname=p.name)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._assistant_active():
+                self._interrupt("cleared", time.monotonic(), None)
+            self.history.clear()
+            self.notice = ""
+            self._bump()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            if self._job is not None:
+                self._job.cancel.set()
+                self.engine.worker.remove(self._job)
+            self._current = None
+            self._playback.clear()
+        if not self.engine.keep_recordings:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.history:  # the capture stays complete without an export: the transcript beside its files
+            transcript_json, transcript_md = self._transcript_texts()
+            (self.dir / "transcript.json").write_text(transcript_json)
+            (self.dir / "transcript.md").write_text(transcript_md)
