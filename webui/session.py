@@ -3,14 +3,12 @@ worker all call in."""
 
 from __future__ import annotations
 
-import json
 import threading
 import logging
 import os
 import shutil
 import time
 import uuid
-import zipfile
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +18,8 @@ import numpy as np
 
 from .config import EARLY_ENCODE_AFTER_S, MAX_TEXT_CHARS, MAX_TURNS_KEPT, OUT_RATE, PICTURE_NEEDS_VOICE, TEXT_TASKS, EngineConfig
 from .interrupt import CommandCheck, PhraseMatcher, normalize
+from .playback import NEVER, Player
+from .recordings import export_zip, save_inputs, save_outputs, transcript, transcript_texts
 from .turn import Turn, model_timings, slow_speech_hint, truncate_text
 from .uploads import load_audio, load_image
 from .vad import SAMPLE_RATE as VAD_RATE
@@ -51,14 +51,9 @@ class Session:
         # live assistant turn
         self._current: Turn | None = None
         self._job: Job | None = None
-        self._playback: deque[np.ndarray] = deque()
-        self._play_t0 = 0.0
-        self._sent = 0  # samples handed to the transport for the current turn
+        self._player = Player()
         self._ducked = False
         self._ducked_at = 0.0
-        self._speaking_since: float | None = None
-        self._refilling = False  # ran dry while generating: waiting for _refill_s of speech
-        self._refill_s = 0.0  # speech to queue before (re)starting playback; set per turn (_start_turn)
         self._early: Job | None = None  # Whisper on the turn as it stands, while its end-of-turn silence runs
         self._early_key: tuple[float, float] | None = None  # (speech start, last speech) it was started for
         self._flush_hooks: list[Callable[[], None]] = []
@@ -210,7 +205,7 @@ class Session:
             if flush is not None and flush in self._flush_hooks:
                 self._flush_hooks.remove(flush)
             if self._transports == 0:
-                self._playback.clear()
+                self._player.clear()
                 if self._current is not None and self._job is None and self._current.status == "speaking":
                     self._finish_turn(self._current)
 
@@ -229,73 +224,33 @@ class Session:
                 self._flush_hooks.remove(fn)
 
     def next_frame(self, samples: int = 480, timeout: float = 0.02) -> np.ndarray | None:
-        """The next `samples` of speech (int16, 24 kHz) once it is due, or None (silence) after `timeout`.
-
-        Frames are released at real-time pace with a small lead, so "handed out" is "played" to within
-        `playback_lead_s`; that is what lets an interruption truncate the answer to what was heard.
-        Playback starts once `prebuffer_s` of speech is queued (at once when the answer is complete). When it
-        runs dry while the answer is still being generated (a model slower than real time), it pauses until
-        twice the last target is queued (at most `max_ahead_s`): a few longer pauses instead of a stutter at
-        every chunk, as video players rebuffer. `omni.bench.playback_gaps` models this player.
-        """
+        """The next `samples` of speech (int16, 24 kHz) once it is due, or None (silence) after `timeout`; paced
+        by the player (webui/playback.py), held while playback is paused for a possible stop command."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 now = time.monotonic()
-                heard_all = now >= self._play_t0 + self._sent / OUT_RATE
-                if self._ducked or self._vetting is not None:
-                    wait = deadline - now
-                elif not self._playback:
-                    if self._job is not None and self._speaking_since is not None and not self._refilling \
-                            and heard_all:  # ran dry while generating
-                        self._refilling = True
-                        self._refill_s = min(2 * self._refill_s, self.config.max_ahead_s)
-                        if self._current is not None:
-                            self._current.timings["rebuffers"] = self._current.timings.get("rebuffers", 0) + 1
-                    self._maybe_finish_playback()
-                    wait = deadline - now
-                elif (self._speaking_since is None or self._refilling) and self._job is not None \
-                        and self._queued_s() < self._refill_s:
-                    wait = deadline - now  # let the buffer fill first
-                else:
-                    if self._speaking_since is None or self._refilling or heard_all:
-                        # (re)start, or a gap shorter than one poll: the play clock runs from now
-                        self._play_t0 = now - self._sent / OUT_RATE
-                        self._refilling = False
-                        if self._speaking_since is None:
-                            self._speaking_since = now
-                    due = self._play_t0 + self._sent / OUT_RATE - self.config.playback_lead_s
-                    if now >= due:
-                        return self._take(samples)
-                    wait = min(due, deadline) - now
+                when = NEVER
+                if not (self._ducked or self._vetting is not None):
+                    p = self._player
+                    rebuffers = p.rebuffers
+                    frame, when = p.pull(samples, now, self._job is not None, self.config.playback_lead_s)
+                    if frame is not None:
+                        return frame
+                    if p.rebuffers != rebuffers and self._current is not None:
+                        self._current.timings["rebuffers"] = p.rebuffers
+                    if not p.queued_s:
+                        self._maybe_finish_playback()
+                wait = min(when, deadline) - now
                 if wait <= 0:
                     return None
                 self._cond.wait(wait)
 
-    def _queued_s(self) -> float:
-        """Seconds of speech generated and not yet handed to the transport."""
-        return sum(len(c) for c in self._playback) / OUT_RATE
-
-    def _take(self, samples: int) -> np.ndarray:
-        out = np.zeros(samples, np.int16)
-        n = 0
-        while n < samples and self._playback:
-            chunk = self._playback[0]
-            k = min(samples - n, len(chunk))
-            out[n : n + k] = chunk[:k]
-            if k == len(chunk):
-                self._playback.popleft()
-            else:
-                self._playback[0] = chunk[k:]
-            n += k
-        self._sent += n
-        return out
-
     def _maybe_finish_playback(self) -> None:
         t = self._current
-        if t is not None and not self._playback and self._job is None and not self._ducked:
+        if t is not None and not self._player.queued_s and self._job is None and not self._ducked:
             # everything generated has been handed out; the turn ends when it has been heard
-            if time.monotonic() >= self._play_t0 + self._sent / OUT_RATE or self._sent == 0:
+            if time.monotonic() >= self._player.heard_by or self._player.sent == 0:
                 self._finish_turn(t)
 
     # ------------------------------------------------------------ state for UIs
@@ -364,7 +319,8 @@ class Session:
             self._event("speech_started", at=t_wall)
             if not self._assistant_active():
                 return
-            if self._speaking_since is not None and t_wall < self._speaking_since + cfg.echo_guard_s:
+            since = self._player.speaking_since
+            if since is not None and t_wall < since + cfg.echo_guard_s:
                 self._event("onset_ignored_guard")
                 self._barge = {"ignored": True, "onset": t_wall}
                 return
@@ -442,8 +398,7 @@ class Session:
             self._job = None
         if turn is self._current:
             self._current = None
-            self._playback.clear()
-            self._speaking_since = None
+            self._player.stop()
         turn.status = "cancelled"
         if turn in self.history:
             self.history.remove(turn)
@@ -538,7 +493,7 @@ class Session:
     def _unduck(self, why: str) -> None:
         self._ducked = False
         # resume where playback stopped: the play clock restarts from now
-        self._play_t0 = time.monotonic() - self._sent / OUT_RATE
+        self._player.resume(time.monotonic())
         self._event("resumed", why=why)
         self._bump()
 
@@ -549,9 +504,7 @@ class Session:
                 fn()
             except Exception:
                 log.debug("flush hook failed", exc_info=True)
-        if self._speaking_since is None:
-            return now
-        return max(now, self._play_t0 + self._sent / OUT_RATE)
+        return self._player.quiet_at(now)
 
     def interrupt(self, reason: str = "button") -> bool:
         """Stop the current answer now (the UI's stop button)."""
@@ -571,12 +524,11 @@ class Session:
             self.engine.worker.remove(self._job)
         was_ducked = self._ducked
         silence_at = self._silence_at if was_ducked and self._silence_at else self._silence_after_flush(now)
-        lead = max(0.0, self._play_t0 + self._sent / OUT_RATE - now) if self._speaking_since is not None else 0.0
-        played = max(0.0, self._sent / OUT_RATE - (0.0 if was_ducked else lead))
+        played = self._player.heard_s(now, flushed=was_ducked)
         # without a live player (the Streamlit page, Gradio before its voice stream starts) the text was read as
         # it came and no speech was heard yet: keep what was generated up to now, text and speech
         turn.live = self._transports > 0
-        self._playback.clear()
+        self._player.clear()
         self._ducked = False
         self.interrupts += 1
         turn.status = "interrupted"
@@ -617,11 +569,7 @@ class Session:
             self.history.append(turn)
             del self.history[:-MAX_TURNS_KEPT]
             self._current = turn
-            self._playback.clear()
-            self._sent = 0
-            self._speaking_since = None
-            # never more than max_ahead_s: generation pauses there, so playback would wait forever
-            self._refilling, self._refill_s = False, min(self.config.prebuffer_s, self.config.max_ahead_s)
+            self._player.start(self.config.prebuffer_s, self.config.max_ahead_s)
             self._ducked = False
             self._barge = None
             self._vetting = None
@@ -642,7 +590,7 @@ class Session:
             self._job = job
             self.engine.worker.submit(job)
             self._event("turn_submitted", index=turn.index, task=task)
-            self._save_inputs(turn)
+            save_inputs(turn, self.dir)
             self._bump()
             return turn
 
@@ -690,7 +638,7 @@ class Session:
                     if "speech_end_wall" in turn.timings:
                         turn.timings["speech_end_to_first_audio_s"] = round(now - turn.timings["speech_end_wall"], 3)
                 if self._transports:
-                    self._playback.append(pcm)
+                    self._player.add(pcm)
                     self._bump()
             elif isinstance(ev, Finished):
                 st = ev.stats
@@ -710,7 +658,7 @@ class Session:
                 return GO
             if self._ducked and time.monotonic() - self._ducked_at < self.config.command_max_s + 2.0:
                 return HOLD
-            return WAIT if self._queued_s() > self.config.max_ahead_s else GO
+            return WAIT if self._player.queued_s > self.config.max_ahead_s else GO
 
     def _on_model_error(self, turn: Turn, msg: str) -> None:
         with self._lock:
@@ -737,8 +685,7 @@ class Session:
             turn.played_s = turn.generated_s()
         if self._current is turn:
             self._current = None
-            self._playback.clear()
-            self._speaking_since = None
+            self._player.stop()
             self._ducked = False
             self._barge = None
         if self.config.policy == "off" and self._detector is not None:
@@ -751,7 +698,7 @@ class Session:
         if hint and turn.status == "done":
             self.notice = hint
         self._event("turn_finished", index=turn.index, status=turn.status)
-        self._save_outputs(turn)
+        save_outputs(turn, self.dir)
         question = turn.user_audio
         if question is not None and self.engine.checker is not None and not turn.user_transcript:
             self.engine.side_pool.submit(self._transcribe_user, turn, question)
@@ -769,83 +716,16 @@ class Session:
 
     # ------------------------------------------------------------ files and export
 
-    def _save_inputs(self, turn: Turn) -> None:
-        import soundfile as sf
-
-        if turn.user_audio is not None:
-            p = self.dir / f"turn_{turn.index:03d}_user.wav"
-            sf.write(p, turn.user_audio, VAD_RATE, subtype="PCM_16")
-            turn.files["user_audio"] = str(p)
-        if turn.image is not None:
-            from PIL import Image
-
-            p = self.dir / f"turn_{turn.index:03d}_image.jpg"
-            Image.fromarray(turn.image).save(p, quality=90)
-            turn.files["image"] = str(p)
-
-    def _save_outputs(self, turn: Turn) -> None:
-        import soundfile as sf
-
-        audio = turn.audio()
-        if turn.status == "interrupted" and turn.live:
-            audio = audio[: int(turn.played_s * OUT_RATE)]  # keep what was actually heard
-        if len(audio):  # nothing heard: no file (an empty one shows as a 0:00 player)
-            p = self.dir / f"turn_{turn.index:03d}_assistant.wav"
-            sf.write(p, audio, OUT_RATE, subtype="PCM_16")
-            turn.files["assistant_audio"] = str(p)
-
     def transcript(self) -> dict:
         with self._lock:
-            turns = []
-            for t in self.history:
-                turns.append({
-                    "index": t.index, "kind": t.kind, "task": t.task, "status": t.status,
-                    "user_text": t.user_text, "user_transcript": t.user_transcript,
-                    "image_source": t.image_source,
-                    "assistant_text": t.assistant_text,
-                    "assistant_text_generated": t.full_text or t.assistant_text,
-                    "interrupted_by": t.interrupted_by, "played_s": round(t.played_s, 3),
-                    "error": t.error,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t.started_wall)),
-                    "timings": {k: v for k, v in t.timings.items() if k not in ("submitted", "speech_end_wall")},
-                    "files": {k: Path(v).name for k, v in t.files.items()},
-                })
-            return {"format": "mini-omni2-webui/1", "session": self.id, "policy": self.config.policy,
-                    "multi_turn": self.config.multi_turn, "turns": turns}
-
-    def _transcript_texts(self) -> tuple[str, str]:
-        """transcript.json and the readable transcript.md."""
-        data = self.transcript()
-        md = [f"# Conversation {time.strftime('%Y-%m-%d %H:%M')}", ""]
-        for t in data["turns"]:
-            user = t["user_text"] or (f"(voice) {t['user_transcript']}" if t["user_transcript"] else "(voice)")
-            md.append(f"**You** (turn {t['index']}, {t['task']}): {user}")
-            if t["image_source"]:
-                md.append(f"  image from {t['image_source']}: {t['files'].get('image', '')}")
-            note = f" [interrupted after {t['played_s']:.1f} s: {t['interrupted_by']}]" if t["status"] == "interrupted" else ""
-            if t["error"]:
-                note += f" [error: {t['error']}]"
-            md.append(f"**Omni**: {t['assistant_text']}{note}")
-            md.append("")
-        return json.dumps(data, indent=2, ensure_ascii=False), "\n".join(md)
+            return transcript(self.id, self.history, self.config)
 
     def export_zip(self) -> Path:
         """transcript.json + transcript.md + every audio/image file, zipped inside the session folder (the
         previous export there is replaced: a page may export after every turn)."""
-        transcript_json, transcript_md = self._transcript_texts()
-        out = self.dir / f"conversation-{time.strftime('%Y%m%d-%H%M%S')}.zip"
-        for old in self.dir.glob("conversation-*.zip"):
-            if old != out:
-                old.unlink(missing_ok=True)
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("transcript.json", transcript_json)
-            z.writestr("transcript.md", transcript_md)
-            with self._lock:
-                paths = [Path(p) for t in self.history for p in t.files.values()]
-            for p in paths:
-                if p.exists() and p.resolve().parent == self.dir.resolve():
-                    z.write(p, arcname=p.name)
-        return out
+        with self._lock:
+            data, turns = self.transcript(), list(self.history)
+        return export_zip(self.dir, data, turns)
 
     def clear(self) -> None:
         with self._lock:
@@ -862,10 +742,10 @@ class Session:
                 self._job.cancel.set()
                 self.engine.worker.remove(self._job)
             self._current = None
-            self._playback.clear()
+            self._player.clear()
         if not self.engine.keep_recordings:
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.history:  # the capture stays complete without an export: the transcript beside its files
-            transcript_json, transcript_md = self._transcript_texts()
+            transcript_json, transcript_md = transcript_texts(self.transcript())
             (self.dir / "transcript.json").write_text(transcript_json)
             (self.dir / "transcript.md").write_text(transcript_md)
