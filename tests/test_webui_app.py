@@ -38,10 +38,11 @@ def test_an_unusable_device_is_refused_before_the_page_comes_up():
 
 def test_building_the_page_writes_nothing_into_the_source_tree():
     """Gradio writes a .pyi next to the module of any component subclass: the page must not define one."""
-    from webui.gradio_app import LoadOptions, OmniApp, build_ui
+    from webui.gradio_app import OmniApp, build_ui
+    from webui.startup import parse
 
     before = sorted(p.name for p in (ROOT / "webui").iterdir())
-    build_ui(OmniApp(LoadOptions(checkpoint="tiny", tiny=True)))
+    build_ui(OmniApp(parse(["--checkpoint", "tiny"])))
     assert sorted(p.name for p in (ROOT / "webui").iterdir()) == before
 
 
@@ -53,9 +54,10 @@ def test_the_page_may_serve_the_folders_of_open_sessions_only(tmp_path):
     from webui_fixtures import Options, ScriptedModel
 
     from webui.engine import Engine, EngineConfig
-    from webui.gradio_app import LoadOptions, OmniApp
+    from webui.gradio_app import OmniApp
+    from webui.startup import parse
 
-    app = OmniApp(LoadOptions(recordings=str(tmp_path)))
+    app = OmniApp(parse(["--recordings", str(tmp_path)]))
     app.engine = Engine(ScriptedModel("hi"), EngineConfig(), recordings_dir=str(tmp_path), options_cls=Options)
     app.page = SimpleNamespace(allowed_paths=[])  # what launch() leaves on the gr.Blocks
     try:

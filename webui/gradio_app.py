@@ -17,17 +17,16 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .engine import Engine, EngineBusy, EngineConfig, freeze_heap
+from .config import EngineConfig
+from .engine import Engine, EngineBusy
 from .session import Session
-from .interrupt import make_transcriber, parse_phrases
-from .private import tiny_checkpoint_dir
+from .interrupt import parse_phrases
 from .rtc import allow_loopback_ice
+from .startup import LATENCY_COLUMNS, latency_row, start_engine
 from .uploads import NOT_AN_IMAGE
 
 log = logging.getLogger("webui")
@@ -77,8 +76,7 @@ CSS = """
 #latency td { white-space: nowrap; font-family: var(--font-mono); }  /* headers may wrap, values never */
 """
 
-LATENCY_HEADERS = ["turn", "task", "status", "queue wait s", "prefill ms", "first audio s", "ms/step", "steps/s",
-                   "RTF", "playback pauses", "peak RSS MB", "GPU MB", "onset→silence s", "command check s"]
+
 LATENCY_CAPTION = ("Latency per turn (prefill: encoders + prompt; first audio: from the end of your speech; ms/step: "
                    "one batch-of-2 decode step; peak RSS: the app process; onset→silence: from your barge-in to quiet "
                    "output)")
@@ -122,25 +120,11 @@ def image_upload(**kwargs):
     return box
 
 
-@dataclass
-class LoadOptions:
-    checkpoint: str = "checkpoints"
-    tiny: bool = False
-    device: str = "auto"
-    dtype: str = "float32"
-    quantize: str | None = None
-    asr: str = "auto"
-    recordings: str | None = None
-    events_path: str | None = None
-    max_voice: int = 4
-    config: EngineConfig | None = None
-
-
 class OmniApp:
     """Loads the model once (in the background, so the page can show progress) and keeps sessions."""
 
-    def __init__(self, opts: LoadOptions):
-        self.opts = opts
+    def __init__(self, opts):
+        self.opts = opts  # the parsed options (webui/startup.py)
         self.engine: Engine | None = None
         self.status = "Starting…"
         self.error: str | None = None
@@ -163,38 +147,10 @@ class OmniApp:
             raise RuntimeError(self.error)
 
     def _load(self) -> None:
-        t0 = time.monotonic()
         try:
-            import omni
-
-            ckpt = self.opts.checkpoint
-            if self.opts.tiny:
-                self._set_status("Building the tiny random checkpoint…")
-                ckpt = str(tiny_checkpoint_dir())
-            self._set_status(f"Loading the model from {ckpt} …")
-            model = omni.load_model(ckpt, device=self.opts.device, dtype=self.opts.dtype,
-                                    quantize=self.opts.quantize, progress=True)
-            self._set_status("Loading the speech recogniser for stop commands…")
-            try:
-                transcriber = make_transcriber(self.opts.asr, ckpt, str(model.device))
-                asr = getattr(transcriber, "name", "none") if transcriber else "none (only the 'any' and 'off' " \
-                                                                               "policies interrupt)"
-            except Exception as e:  # the assistant works without it; say what failed instead of blaming the model
-                transcriber = None
-                asr = (f"could not load --asr {self.opts.asr!r} ({type(e).__name__}: {e}); stop phrases are not "
-                       f"recognised, only the 'any' and 'off' policies interrupt (try --asr auto)")
-                log.debug("stop-command ASR failed to load:\n%s", traceback.format_exc())
-            self._set_status("Warming up…")
-            engine = Engine(model, self.opts.config or EngineConfig(), transcriber=transcriber,
-                            recordings_dir=self.opts.recordings)
-            # one short request so the first user does not pay for lazy initialisation
-            for _ in model.stream("T1T2", text="hi", options=omni.DecodingOptions(max_new_tokens=2)):
-                pass
-            if self.opts.events_path:
-                self._attach_event_log(engine)
-            freeze_heap()
-            self.engine = engine
-            self._set_status(f"Model ready ({time.monotonic() - t0:.1f} s). Stop-command ASR: {asr}.")
+            sink = self._event_log() if self.opts.events else None
+            self.engine, ready = start_engine(self.opts, self._set_status, sink)
+            self._set_status(ready)
         except Exception as e:
             from omni.errors import OmniError
 
@@ -210,9 +166,9 @@ class OmniApp:
         sys.stdout.write(f"[mini-omni2] {s}\n")  # one write: print() from two threads can join lines
         sys.stdout.flush()
 
-    def _attach_event_log(self, engine: Engine) -> None:
-        """Write session events as JSON lines (used by the browser test and for debugging)."""
-        path = Path(self.opts.events_path)
+    def _event_log(self):
+        """A sink writing session events as JSON lines (used by the browser test and for debugging)."""
+        path = Path(self.opts.events)
         t_base = time.monotonic()
 
         def sink(session_id: str, ev: dict) -> None:
@@ -222,7 +178,7 @@ class OmniApp:
             with self._events_lock, open(path, "a") as f:
                 f.write(json.dumps(rec, default=str) + "\n")
 
-        engine.event_sink = sink
+        return sink
 
     # ---------------------------------------------------------- sessions
 
@@ -311,42 +267,12 @@ def render_chat(turns) -> list[dict]:
     return msgs
 
 
-def _fmt(v, digits=2):
-    if v is None or v == "":
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def render_latency(turns) -> list[list[Any]]:
-    rows = []
-    for t in turns:
-        tm = t.timings
-        m = tm.get("model") or {}
-        rows.append([
-            t.index, t.task, t.status,
-            _fmt(tm.get("queue_wait_s")),
-            _fmt(None if m.get("prefill_s") is None else m["prefill_s"] * 1000, 1),  # ms: a GPU's is tens of ms
-            _fmt(tm.get("speech_end_to_first_audio_s", tm.get("first_audio_s"))),
-            _fmt(m.get("decode_ms_per_step"), 1),
-            _fmt(m.get("steps_per_s"), 1),
-            _fmt(m.get("real_time_factor")),
-            _fmt(tm.get("rebuffers", 0)),
-            _fmt(m.get("peak_rss_mb"), 0),
-            _fmt(m.get("gpu_peak_mem_mb"), 0),
-            _fmt(tm.get("onset_to_silence_s", tm.get("duck_onset_to_silence_s")), 3),
-            _fmt(tm.get("command_check_s"), 3),
-        ])
-    return rows
-
-
 def latency_html(turns) -> str:
     """The latency panel as a plain table: each column is as wide as its longest value, so a status that becomes
     "interrupted" is shown whole (gr.Dataframe keeps the widths measured for earlier values and cuts it)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in LATENCY_HEADERS)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in LATENCY_COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                   for row in render_latency(turns))
+                   for row in map(latency_row, turns))
     return (f"<div class='latency-scroll'><table><caption>{html.escape(LATENCY_CAPTION)}</caption>"
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
@@ -542,7 +468,7 @@ def build_ui(app: OmniApp, title: str = "Mini-Omni2", banner: str | None = None)
         return (f"Settings applied: policy {c.policy}; stop phrases: {', '.join(ph)}; end-of-turn silence "
                 f"{c.vad.end_silence_s:g} s; max new tokens {c.max_new_tokens}; playback prebuffer {c.prebuffer_s:g} s.")
 
-    cfg = app.opts.config or EngineConfig()
+    cfg = EngineConfig.from_options(app.opts)
     with gr.Blocks(title=title, css=CSS, head=HEAD_JS, theme=gr.themes.Soft()) as demo:
         sid = gr.State(None, delete_callback=lambda v: app.close_session(v))
         version = gr.State(-1)

@@ -26,61 +26,22 @@ import streamlit as st  # noqa: E402
 
 from omni.tiny import is_test_checkpoint  # noqa: E402
 from webui.config import OUT_RATE  # noqa: E402
-from webui.engine import Engine, EngineBusy, EngineConfig, close_abandoned, freeze_heap  # noqa: E402
+from webui.engine import Engine, EngineBusy, close_abandoned  # noqa: E402
 from webui.session import Session  # noqa: E402
 from webui.uploads import load_audio, load_image  # noqa: E402
-from webui.interrupt import make_transcriber  # noqa: E402
+from webui.startup import TINY_BANNER, latency_line, parse, start_engine  # noqa: E402
 
-TINY_BANNER = "⚠️ Random weights — answers are noise (tiny test checkpoint)."
 MAX_UPLOAD_MB = 25
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Mini-Omni2 Streamlit UI")
-    p.add_argument("--checkpoint", default=os.environ.get("OMNI_CHECKPOINT", "checkpoints"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--quantize", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=int(os.environ.get("OMNI_MAX_NEW_TOKENS", "512")))
-    p.add_argument("--multi-turn", action="store_true")
-    p.add_argument("--recordings", default=None)
-    p.add_argument("--max-sessions", type=int, default=16)
-    p.add_argument("--max-answers", type=int, default=4)
-    # live voice (the same options as app.py's Gradio page)
-    p.add_argument("--policy", default="command", choices=["command", "any", "off"])
-    p.add_argument("--phrases", default=None)
-    p.add_argument("--asr", default="auto")
-    p.add_argument("--end-silence", type=float, default=0.6)
-    p.add_argument("--prebuffer", type=float, default=0.3)
-    p.add_argument("--no-early-encode", action="store_true")
-    args, _ = p.parse_known_args()
-    return args
-
-
 @st.cache_resource(show_spinner="Loading the model (once for all sessions)…")
-def get_engine(options: tuple) -> Engine:
-    """The engine for the page's options (sorted (name, value) pairs: hashable, so one engine per set)."""
-    import omni
-
+def get_engine(options: tuple) -> tuple[Engine, str]:
+    """The engine for the page's options (sorted (name, value) pairs: hashable, so one engine per set), and the
+    start-up's summary line."""
     from webui.rtc import allow_loopback_ice
 
     allow_loopback_ice()
-    args = argparse.Namespace(**dict(options))
-    checkpoint = args.checkpoint
-    if checkpoint == "tiny":
-        from webui.private import tiny_checkpoint_dir
-
-        checkpoint = str(tiny_checkpoint_dir())
-    config = EngineConfig.from_options(args)
-    model = omni.load_model(checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
-    try:  # the stop-command check; without it only the 'any' and 'off' policies interrupt
-        transcriber = make_transcriber(args.asr, checkpoint, str(model.device))
-    except Exception as e:
-        transcriber = None
-        st.warning(f"Stop phrases will not be recognised: could not load --asr {args.asr!r} ({e}).")
-    engine = Engine(model, config, transcriber=transcriber, recordings_dir=args.recordings)
-    freeze_heap()
-    return engine
+    return start_engine(argparse.Namespace(**dict(options)), say=lambda msg: print(f"[mini-omni2] {msg}", flush=True))
 
 
 class LiveLink:
@@ -235,26 +196,8 @@ def show_turn(t) -> None:
             st.error(t.error)
         if "assistant_audio" in t.files:
             st.audio(t.files["assistant_audio"])
-        if figures := turn_figures(t):
+        if figures := latency_line(t):
             st.caption(figures)
-
-
-def turn_figures(t) -> str:
-    """The latency panel's figures for one turn, on one line."""
-    m, tm = t.timings.get("model") or {}, t.timings
-    parts = []
-    for label, value, fmt in (("prefill", None if m.get("prefill_s") is None else m["prefill_s"] * 1000, "{:.1f} ms"),
-                              ("first audio", tm.get("first_audio_s"), "{:.2f} s"),
-                              ("decode", m.get("decode_ms_per_step"), "{:.1f} ms/step"),
-                              ("", m.get("steps_per_s"), "{:.1f} steps/s"),
-                              ("RTF", m.get("real_time_factor"), "{:.2f}"),
-                              ("peak RSS", m.get("peak_rss_mb"), "{:.0f} MB"),
-                              ("GPU", m.get("gpu_peak_mem_mb"), "{:.0f} MB")):
-        if value is not None:
-            parts.append(f"{label} {fmt.format(value)}".strip())
-    if tm.get("rebuffers"):
-        parts.append(f"{tm['rebuffers']} playback pauses")
-    return " · ".join(parts)
 
 
 def stream_answer(s: Session, turn) -> None:
@@ -286,21 +229,23 @@ def stream_answer(s: Session, turn) -> None:
             st.error(turn.error)
         if "assistant_audio" in turn.files:
             st.audio(turn.files["assistant_audio"], autoplay=True)
-        if figures := turn_figures(turn):
+        if figures := latency_line(turn):
             st.caption(figures)
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse(sys.argv[1:], known_only=True)  # app.py's command line, passed on by `streamlit run ... --`
     st.set_page_config(page_title="Mini-Omni2", page_icon="🎙️")
     st.title("Mini-Omni2")
     try:
-        engine = get_engine(tuple(sorted(vars(args).items())))
+        engine, summary = get_engine(tuple(sorted(vars(args).items())))
     except Exception as e:
         st.error(f"The model could not be loaded: {e}")
         st.stop()
     if is_test_checkpoint(engine.model.checkpoint_dir):  # "tiny" too: it was built into a folder
         st.warning(TINY_BANNER)
+    if "could not load" in summary:  # the stop-command recogniser: the page works without it, and says so
+        st.warning(summary)
     s = session(engine)
 
     webcam = st.toggle("Webcam", key="webcam", help="Live: the latest frame goes with each spoken turn. "
