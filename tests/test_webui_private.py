@@ -16,7 +16,7 @@ import pytest
 
 import omni
 import omni.tiny
-from webui.gradio_app import tiny_checkpoint_dir
+from webui.private import tiny_checkpoint_dir
 
 PLANTED = b"code someone else put here"
 

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .config import EARLY_ENCODE_AFTER_S, MAX_TEXT_CHARS, MAX_TURNS_KEPT, OUT_RATE, PICTURE_NEEDS_VOICE, TEXT_TASKS, EngineConfig
+from .bargein import BargeIn, Check, Duck, Interrupt, Note, RunCheck, Unduck, Utterance
 from .interrupt import CommandCheck, PhraseMatcher, normalize
 from .playback import NEVER, Player
 from .recordings import export_zip, save_inputs, save_outputs, transcript, transcript_texts
 from .turn import Turn, model_timings, slow_speech_hint, truncate_text
 from .uploads import load_audio, load_image
 from .vad import SAMPLE_RATE as VAD_RATE
-from .vad import SpeechDropped, SpeechStarted, TurnDetector, TurnEnded, load_silero, resample, to_float32
+from .vad import SpeechStarted, TurnDetector, TurnEnded, load_silero, resample, to_float32
 from .worker import GO, HOLD, WAIT, Job
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class Session:
         self._transports = 0  # live audio outputs; without one, speech is kept for replay only
         self._silence_at: float | None = None
         # barge-in
-        self._barge: dict | None = None  # state of the barge-in utterance being heard
+        self._barge = BargeIn()  # the utterance heard over an answer, if any
         self._vetting: Turn | None = None  # a short spoken turn being checked for a stop phrase: not played yet
         self._camera: tuple[float, np.ndarray] | None = None
         self.interrupts = 0
@@ -123,8 +124,8 @@ class Session:
             for ev in events:
                 t_wall = now - (det.time - (ev.t if isinstance(ev, SpeechStarted) else ev.t_end))
                 self._on_vad(ev, t_wall)
-            if self._barge is not None and det.in_speech:
-                self._barge_progress(det, now)
+            if self._barge.utterance is not None and det.in_speech and self._assistant_active():
+                self._carry_out(self._barge.progress(det, now, self.config))
             self._encode_early(det)
 
     def _encode_early(self, det: TurnDetector) -> None:
@@ -314,54 +315,46 @@ class Session:
     # ------------------------------------------------------------ turn-taking and barge-in
 
     def _on_vad(self, ev, t_wall: float) -> None:
-        cfg = self.config
         if isinstance(ev, SpeechStarted):
             self._event("speech_started", at=t_wall)
-            if not self._assistant_active():
-                return
-            since = self._player.speaking_since
-            if since is not None and t_wall < since + cfg.echo_guard_s:
-                self._event("onset_ignored_guard")
-                self._barge = {"ignored": True, "onset": t_wall}
-                return
-            self._barge = {"onset": t_wall, "checked_len": 0, "checks": 0, "pending": None, "in_flight": False}
-            if cfg.policy == "any":
-                self._interrupt("speech", t_wall, None)
-            elif cfg.duck_on_speech and self._current is not None:
-                self._duck(t_wall)
+            if self._assistant_active():
+                self._carry_out(self._barge.started(t_wall, self._player.speaking_since, self.config))
             return
-        if isinstance(ev, (TurnEnded, SpeechDropped)):
-            barge = self._barge
-            self._barge = None
-            if barge is not None and not barge.get("ignored") and self._assistant_active() and isinstance(ev, TurnEnded):
-                if cfg.policy == "command":
-                    if barge.get("max_checked"):
-                        if self._ducked and not barge.get("in_flight"):
-                            self._unduck("long speech is not a command")
-                    elif barge.get("checked_end", -1) >= ev.t_end - 1e-6:
-                        if self._ducked and not barge.get("in_flight"):
-                            self._unduck("not a command")
-                    else:
-                        self._launch_check(ev.audio, ev.t_end, barge, final=True, end_wall=t_wall)
-                return
-            if barge is not None and self._assistant_active():
-                if isinstance(ev, SpeechDropped) and self._ducked and not barge.get("in_flight"):
-                    self._unduck("too short")
-                return  # speech heard while the assistant was talking is never a new turn
-            if barge is not None and barge.get("ignored"):
-                return
-            if barge is not None and barge.get("command"):
-                return  # the stop command itself
-            if isinstance(ev, TurnEnded):
-                self._event("turn_detected", start=ev.t_start, end=ev.t_end, speech_s=ev.speech_s)
-                frame = self.camera_frame()
-                task = "IMAGE_A1A2" if frame is not None else "A1A2"
-                turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
-                                        image_source="webcam" if frame is not None else "")
-                turn.timings["speech_end_wall"] = t_wall
-                self._vet_turn(turn, turn.user_audio)
-            else:
-                self._event("speech_dropped", speech_s=ev.speech_s)
+        u = self._barge.utterance
+        if u is not None and self._assistant_active():  # speech over an answer is never a new turn
+            ended = isinstance(ev, TurnEnded)
+            self._carry_out(self._barge.ended(ended, ev.audio if ended else None, ev.t_end, t_wall, self.config,
+                                              self._ducked))
+            return
+        self._barge.utterance = None
+        if u is not None and (u.ignored or u.command):
+            return  # the assistant's own voice, or the stop command itself
+        if isinstance(ev, TurnEnded):
+            self._event("turn_detected", start=ev.t_start, end=ev.t_end, speech_s=ev.speech_s)
+            frame = self.camera_frame()
+            task = "IMAGE_A1A2" if frame is not None else "A1A2"
+            turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
+                                    image_source="webcam" if frame is not None else "")
+            turn.timings["speech_end_wall"] = t_wall
+            self._vet_turn(turn, turn.user_audio)
+        else:
+            self._event("speech_dropped", speech_s=ev.speech_s)
+
+    def _carry_out(self, actions: list) -> None:
+        """Do what the barge-in logic decided (webui/bargein.py)."""
+        for a in actions:
+            if isinstance(a, Duck):
+                self._duck(a.onset)
+            elif isinstance(a, Unduck):
+                self._unduck(a.why)
+            elif isinstance(a, RunCheck):
+                self._run_check(a.utterance, a.check)
+            elif isinstance(a, Interrupt):
+                self._interrupt(a.reason, a.onset, a.result, a.end_wall)
+                if a.keeps is not None:
+                    self._barge.utterance = a.keeps  # the rest of this utterance is the command, never a new turn
+            elif isinstance(a, Note):
+                self._event(a.event)
 
     def _vet_turn(self, turn: Turn, audio16k: np.ndarray) -> None:
         """A short spoken turn said while nothing played may be a stop phrase ("stop omni" just as an answer
@@ -406,77 +399,38 @@ class Session:
             Path(path).unlink(missing_ok=True)
         self._event("stop_phrase_dropped", source="spoken", index=turn.index)
 
-    def _barge_progress(self, det: TurnDetector, now: float) -> None:
-        b = self._barge
-        if b is None or b.get("ignored") or self.config.policy != "command" or not self._assistant_active():
-            return
-        length = det.time - det.speech_start
-        paused = det.trailing_silence_s >= self.config.command_pause_s
-        if paused and det.last_speech_end > b.get("checked_end", -1):
-            b["checked_end"] = det.last_speech_end
-            audio = det.current_audio()
-            keep = len(audio) - int(det.trailing_silence_s * VAD_RATE)
-            self._launch_check(audio[: max(keep, 0)], det.last_speech_end, b, final=False,
-                               end_wall=now - det.trailing_silence_s)
-        elif length >= self.config.command_max_s and not b.get("max_checked"):
-            b["max_checked"] = True
-            self._launch_check(det.current_audio(), det.time, b, final=False, end_wall=now)
-
-    def _launch_check(self, audio16k: np.ndarray, t_end: float, barge: dict, final: bool, end_wall: float | None = None) -> None:
+    def _run_check(self, u: Utterance, check: Check) -> None:
+        """Have the recogniser check barge-in speech for a stop command (on the ASR thread)."""
         checker = self.engine.checker
         if checker is None:
+            u.in_flight = False
             if self._ducked:
                 self._unduck("no ASR configured")
             return
         turn = self._current
-        if barge.get("in_flight"):
-            barge["pending"] = (audio16k, t_end, final, end_wall)
-            return
-        barge["in_flight"] = True
         said = turn.assistant_text if turn else ""
         matcher = self.matcher
-        end_wall = end_wall if end_wall is not None else time.monotonic()
-        rms = float(np.sqrt(np.mean(audio16k.astype(np.float64) ** 2))) if len(audio16k) else 0.0
-        self._event("command_check_started", final=final, audio_s=len(audio16k) / VAD_RATE, rms=round(rms, 4))
+        audio = check.audio
+        rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if len(audio) else 0.0
+        self._event("command_check_started", final=check.final, audio_s=len(audio) / VAD_RATE, rms=round(rms, 4))
         if os.environ.get("WEBUI_DEBUG_AUDIO"):
             import soundfile as sf
 
-            sf.write(self.dir / f"barge_{int(time.time() * 1000)}.wav", audio16k, VAD_RATE)
+            sf.write(self.dir / f"barge_{int(time.time() * 1000)}.wav", audio, VAD_RATE)
 
         def run():
             try:
-                res = checker.check(audio16k, said, matcher)
+                res = checker.check(audio, said, matcher)
             except Exception as e:
                 log.error("command check failed: %s", e)
                 res = CommandCheck(False, "", None, 0.0, f"error: {e}")
-            self._on_check(res, turn, barge, end_wall, final)
+            with self._lock:
+                self._event("command_check", is_command=res.is_command, transcript=res.transcript,
+                            reason=res.reason, seconds=res.seconds)
+                answering = turn is self._current and self._assistant_active()
+                self._carry_out(self._barge.checked(u, check, res, self._ducked, answering))
 
         self.engine.asr_pool.submit(run)
-
-    def _on_check(self, res: CommandCheck, turn: Turn | None, barge: dict, end_wall: float, final: bool) -> None:
-        with self._lock:
-            barge["in_flight"] = False
-            barge["checks"] = barge.get("checks", 0) + 1
-            self._event("command_check", is_command=res.is_command, transcript=res.transcript,
-                        reason=res.reason, seconds=res.seconds)
-            if turn is not self._current or not self._assistant_active():
-                return
-            if res.is_command:
-                barge["command"] = True
-                still_speaking = self._barge is barge
-                self._interrupt(f"command: {res.transcript}", barge["onset"], res, end_wall)
-                if still_speaking:
-                    self._barge = barge  # the rest of this utterance is the command, never a new turn
-                return
-            pending = barge.get("pending")
-            barge["pending"] = None
-            if pending is not None:
-                a, t_end, fin, ew = pending
-                self._launch_check(a, t_end, barge, fin, ew)
-                return
-            still_speaking = self._barge is barge
-            if self._ducked and (final or not still_speaking or barge.get("max_checked") or res.reason == "echo"):
-                self._unduck(res.reason)
 
     def _duck(self, onset_wall: float) -> None:
         self._ducked = True
@@ -571,7 +525,7 @@ class Session:
             self._current = turn
             self._player.start(self.config.prebuffer_s, self.config.max_ahead_s)
             self._ducked = False
-            self._barge = None
+            self._barge.utterance = None
             self._vetting = None
             inputs: dict = {"options": self.engine._options(self.config)}
             if turn.user_audio is not None:
@@ -687,7 +641,7 @@ class Session:
             self._current = None
             self._player.stop()
             self._ducked = False
-            self._barge = None
+            self._barge.utterance = None
         if self.config.policy == "off" and self._detector is not None:
             self._detector.reset()  # half-duplex: what was said over the answer is dropped
         m = turn.timings.get("model") or {}
