@@ -21,7 +21,7 @@ import numpy as np
 from .config import EngineConfig
 from .interrupt import CommandChecker
 from .recordings import recordings_root
-from .session import Session
+from .session import Session, Shared
 from .vad import SAMPLE_RATE as VAD_RATE
 from .worker import FreshThreadExecutor, ModelWorker
 
@@ -52,7 +52,16 @@ class Engine:
         atexit.register(_close_if_alive, weakref.ref(self))
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
-        self.event_sink: Callable[[str, dict], None] | None = None  # e.g. a JSONL log for tests
+        self.shared = Shared(model, self.worker, self.checker, self.asr_pool, self.side_pool, self._options)
+
+    @property
+    def event_sink(self) -> Callable[[str, dict], None] | None:
+        """Where sessions report their events (e.g. a JSONL log for tests): (session id, event) -> None."""
+        return self.shared.event_sink
+
+    @event_sink.setter
+    def event_sink(self, sink: Callable[[str, dict], None] | None) -> None:
+        self.shared.event_sink = sink
 
     def _options(self, cfg: EngineConfig):
         cls = self.options_cls
@@ -70,7 +79,8 @@ class Engine:
             if len(self._sessions) >= self.config.max_sessions:
                 raise EngineBusy(f"The assistant is busy: {len(self._sessions)} conversations are open, the most "
                                  f"this machine takes. Try again in a minute.")
-            s = Session(self, replace(config or self.config, vad=replace((config or self.config).vad)))
+            cfg = config or self.config
+            s = Session(self.shared, replace(cfg, vad=replace(cfg.vad)), self.recordings_dir, self.keep_recordings)
             self._sessions[s.id] = s
         return s
 
