@@ -38,7 +38,8 @@ def test_an_unusable_device_is_refused_before_the_page_comes_up():
 
 def test_building_the_page_writes_nothing_into_the_source_tree():
     """Gradio writes a .pyi next to the module of any component subclass: the page must not define one."""
-    from webui.gradio_app import OmniApp, build_ui
+    from webui.gradio_app import OmniApp
+    from webui.gradio_page import build_ui
     from webui.startup import parse
 
     before = sorted(p.name for p in (ROOT / "webui").iterdir())
