@@ -60,7 +60,7 @@ def main() -> int:
             s = engine.new_session()
             run_realtime(s, question, until=lambda: bool(s.history) and s.history[-1].status in ("done", "error"))
             s.wait_idle(120)
-            waits[early].append(s.history[-1].timings.get("speech_end_to_first_audio_s"))
+            waits[early].append(s.history[-1].timings.speech_end_to_first_audio_s)
             engine.close()
     for early in (False, True):
         heard = [w for w in waits[early] if w is not None]  # None: that answer had no speech

@@ -53,11 +53,11 @@ def run_scenario(model, scenario: str, max_new_tokens: int) -> list[dict]:
         s.wait_idle(300)
         turn = s.history[-1]
         tm = turn.timings
-        rows.append({"user": i + 1, "task": turn.task, "first_audio_s": tm.get("speech_end_to_first_audio_s"),
-                     "first_text_s": tm.get("first_text_s"), "queue_wait_s": tm.get("queue_wait_s"),
-                     "rebuffers": tm.get("rebuffers", 0),
-                     "prefill_ms": round(1000 * (tm.get("model") or {}).get("prefill_s") or 0),
-                     "ms_per_step": (tm.get("model") or {}).get("decode_ms_per_step")})
+        model = tm.model or {}
+        rows.append({"user": i + 1, "task": turn.task, "first_audio_s": tm.speech_end_to_first_audio_s,
+                     "first_text_s": tm.first_text_s, "queue_wait_s": tm.queue_wait_s, "rebuffers": tm.rebuffers,
+                     "prefill_ms": round(1000 * (model.get("prefill_s") or 0)),
+                     "ms_per_step": model.get("decode_ms_per_step")})
     engine.close()
     return rows
 

@@ -94,7 +94,7 @@ def test_an_answer_slower_than_real_time_says_what_would_make_speech_smooth(quan
     played_speech(UnevenModel(slow, quantize=quantize), 0.3, listen_s=3.5, session=session)
     s = session[0]
     turn = s.history[-1]
-    assert turn.status == "done" and turn.timings["rebuffers"] >= 1 and turn.timings["real_time_factor"] > 1.2
+    assert turn.status == "done" and turn.timings.rebuffers >= 1 and turn.timings.real_time_factor > 1.2
     assert "slower than it plays" in s.notice and fix in s.notice, s.notice
     assert s.snapshot()["notice"] == s.notice  # what both pages show in their status line
 
@@ -103,5 +103,5 @@ def test_an_answer_faster_than_real_time_gets_no_speed_hint():
     session = []
     played_speech(UnevenModel(UNEVEN), 0.3, session=session)
     s = session[0]
-    assert s.history[-1].status == "done" and s.history[-1].timings["real_time_factor"] < 1
+    assert s.history[-1].status == "done" and s.history[-1].timings.real_time_factor < 1
     assert s.notice == ""

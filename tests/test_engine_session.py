@@ -42,7 +42,7 @@ def test_requests_from_two_sessions_share_the_model_in_turns_and_are_isolated(en
     assert ta.task == "T1A2" and tb.task == "T1T2" and ta.status == tb.status == "done"
     assert ta.assistant_text == tb.assistant_text == "Paris is the capital of France."
     assert len(ta.audio()) > 0 and len(tb.audio()) == 0
-    assert tb.timings["queue_wait_s"] >= ta.timings["queue_wait_s"]
+    assert tb.timings.queue_wait_s >= ta.timings.queue_wait_s
     assert a.dir != b.dir and not set(p.name for p in b.dir.iterdir()) & {"turn_001_assistant.wav"}
 
 
@@ -365,10 +365,10 @@ def test_an_answer_waiting_for_playback_lets_another_session_be_served(tmp_path)
         tb, a_status = a_status_when_b_done[0]
         assert tb.status == "done" and tb.assistant_text == model.answer
         assert a_status == "speaking"  # b was answered while a was still being heard
-        assert tb.timings["queue_wait_s"] < 0.5, tb.timings  # not queued behind a's playback
+        assert tb.timings.queue_wait_s < 0.5, tb.timings  # not queued behind a's playback
         loud = [p.t for p in played if p.rms > 0.02]
         assert loud and max(np.diff(loud)) < 0.35  # a played on (the scripted speech has short pauses only)
-        assert ta.timings["throttled_s"] > 2.0  # a's answer did wait for its playback
+        assert ta.timings.throttled_s > 2.0  # a's answer did wait for its playback
     finally:
         engine.close()
 

@@ -50,15 +50,15 @@ class Answering:
         if turn.live:
             turn.assistant_text = truncate_text(turn, played)
         t = turn.timings
-        t["interrupt_reason"] = reason
-        t["onset_to_silence_s"] = round(silence_at - onset_wall, 3)
-        t["decision_to_silence_s"] = round(max(0.0, silence_at - now), 3)
+        t.interrupt_reason = reason
+        t.onset_to_silence_s = round(silence_at - onset_wall, 3)
+        t.decision_to_silence_s = round(max(0.0, silence_at - now), 3)
         if check is not None:
-            t["command_check_s"] = round(check.seconds, 3)
-            t["command_transcript"] = check.transcript
+            t.command_check_s = round(check.seconds, 3)
+            t.command_transcript = check.transcript
         if end_wall is not None:
             # end of the spoken command -> output quiet (or already quiet when ducked)
-            t["command_end_to_decision_s"] = round(now - end_wall, 3)
+            t.command_end_to_decision_s = round(now - end_wall, 3)
         self._event("interrupted", reason=reason, onset=onset_wall, silence_at=silence_at, played_s=played)
         self.notice = f"Interrupted ({reason})."
         self._job = None  # the cancelled job winds down within one decode step; its events are ignored
@@ -93,7 +93,7 @@ class Answering:
             inputs["stride"] = self.config.stride
             inputs["mode"] = self.config.stream_mode
             submitted = time.monotonic()
-            turn.timings["submitted"] = submitted
+            turn.timings.submitted = submitted
             job = Job(task, inputs, lambda ev: self._on_model_event(turn, ev, job),
                       lambda msg: self._on_model_error(turn, msg), lambda j: self._on_job_done(turn, j),
                       gate=lambda: self._gate(turn))
@@ -119,21 +119,21 @@ class Answering:
         from omni.events import AudioChunk, Finished, TextDelta
 
         with self._lock:
-            turn.timings["throttled_s"] = round(job.paused_s, 3)
+            turn.timings.throttled_s = round(job.paused_s, 3)
             if isinstance(ev, Finished) and ev.stats is not None and turn.status == "interrupted":
-                turn.timings["model"] = model_timings(ev.stats, job.paused_s)
-                turn.timings["steps_per_s"] = turn.timings["model"].get("steps_per_s")
+                turn.timings.model = model_timings(ev.stats, job.paused_s)
+                turn.timings.steps_per_s = turn.timings.model.get("steps_per_s")
             if turn is not self._current or turn.status == "interrupted":
                 return
             if turn.status == "queued":
                 turn.status = "running"
                 # until the worker took the question up (its encoders and prefill are the answer's own time)
-                turn.timings["queue_wait_s"] = round((job.started or time.monotonic()) - turn.timings["submitted"], 3)
+                turn.timings.queue_wait_s = round((job.started or time.monotonic()) - turn.timings.submitted, 3)
             if isinstance(ev, TextDelta):
                 turn.assistant_text += ev.text
                 turn.text_marks.append((turn.generated_s(), len(turn.assistant_text)))
-                if "first_text_s" not in turn.timings:
-                    turn.timings["first_text_s"] = round(time.monotonic() - turn.timings["submitted"], 3)
+                if turn.timings.first_text_s is None:
+                    turn.timings.first_text_s = round(time.monotonic() - turn.timings.submitted, 3)
             elif isinstance(ev, AudioChunk):
                 pcm = np.asarray(ev.pcm)
                 if pcm.dtype != np.int16:
@@ -142,18 +142,18 @@ class Answering:
                     pcm = (resample(pcm.astype(np.float32) / 32768, ev.sample_rate, OUT_RATE) * 32767).astype(np.int16)
                 turn.assistant_audio.append(pcm)
                 turn.status = "speaking"
-                if "first_audio_s" not in turn.timings:
+                if turn.timings.first_audio_s is None:
                     now = time.monotonic()
-                    turn.timings["first_audio_s"] = round(now - turn.timings["submitted"], 3)
-                    if "speech_end_wall" in turn.timings:
-                        turn.timings["speech_end_to_first_audio_s"] = round(now - turn.timings["speech_end_wall"], 3)
+                    turn.timings.first_audio_s = round(now - turn.timings.submitted, 3)
+                    if turn.timings.speech_end_wall is not None:
+                        turn.timings.speech_end_to_first_audio_s = round(now - turn.timings.speech_end_wall, 3)
                 if self._transports:
                     self._player.add(pcm)
                     self._bump()
             elif isinstance(ev, Finished):
                 st = ev.stats
                 if st is not None:
-                    turn.timings["model"] = model_timings(st, job.paused_s)
+                    turn.timings.model = model_timings(st, job.paused_s)
                     if not turn.assistant_text and ev.result.text:
                         turn.assistant_text = ev.result.text
             self._bump()
@@ -200,10 +200,11 @@ class Answering:
             self._barge.utterance = None
         if self.config.policy == "off" and self._detector is not None:
             self._detector.reset()  # half-duplex: what was said over the answer is dropped
-        m = turn.timings.get("model") or {}
-        turn.timings.setdefault("steps_per_s", m.get("steps_per_s"))
-        turn.timings.setdefault("real_time_factor", m.get("real_time_factor"))
-        hint = slow_speech_hint(turn.timings.get("rebuffers", 0), turn.timings.get("real_time_factor"),
+        m = turn.timings.model or {}
+        tm = turn.timings
+        tm.steps_per_s = tm.steps_per_s if tm.steps_per_s is not None else m.get("steps_per_s")
+        tm.real_time_factor = tm.real_time_factor if tm.real_time_factor is not None else m.get("real_time_factor")
+        hint = slow_speech_hint(turn.timings.rebuffers, turn.timings.real_time_factor,
                                 self.shared.model)
         if hint and turn.status == "done":
             self.notice = hint

@@ -108,7 +108,7 @@ class Listening:
             task = "IMAGE_A1A2" if frame is not None else "A1A2"
             turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
                                     image_source="webcam" if frame is not None else "")
-            turn.timings["speech_end_wall"] = t_wall
+            turn.timings.speech_end_wall = t_wall
             self._vet_turn(turn, turn.user_audio)
         else:
             self._event("speech_dropped", speech_s=ev.speech_s)
@@ -211,9 +211,8 @@ class Listening:
         self._ducked_at = now
         self._silence_at = self._silence_after_flush(now)
         if self._current is not None:
-            self._current.timings.setdefault("ducks", 0)
-            self._current.timings["ducks"] += 1
-            self._current.timings["duck_onset_to_silence_s"] = round(self._silence_at - onset_wall, 3)
+            self._current.timings.ducks += 1
+            self._current.timings.duck_onset_to_silence_s = round(self._silence_at - onset_wall, 3)
         self._event("ducked", onset=onset_wall, silence_at=self._silence_at)
         self._bump()
 

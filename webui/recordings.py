@@ -66,7 +66,7 @@ def transcript(session_id: str, history: list[Turn], config) -> dict:
             "interrupted_by": t.interrupted_by, "played_s": round(t.played_s, 3),
             "error": t.error,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t.started_wall)),
-            "timings": {k: v for k, v in t.timings.items() if k not in ("submitted", "speech_end_wall")},
+            "timings": t.timings.exported(),
             "files": {k: Path(v).name for k, v in t.files.items()},
         })
     return {"format": "mini-omni2-webui/1", "session": session_id, "policy": config.policy,

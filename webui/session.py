@@ -186,7 +186,7 @@ class Session(Listening, Answering):
                     if frame is not None:
                         return frame
                     if p.rebuffers != rebuffers and self._current is not None:
-                        self._current.timings["rebuffers"] = p.rebuffers
+                        self._current.timings.rebuffers = p.rebuffers
                     if not p.queued_s:
                         self._maybe_finish_playback()
                 wait = min(when, deadline) - now

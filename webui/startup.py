@@ -203,29 +203,29 @@ def _fmt(v, digits=2) -> str:
 def latency_row(t) -> list[str]:
     """One turn's figures, in LATENCY_COLUMNS order (the Gradio page's table)."""
     tm = t.timings
-    m = tm.get("model") or {}
+    m = tm.model or {}
     return [
         str(t.index), t.task, t.status,
-        _fmt(tm.get("queue_wait_s")),
+        _fmt(tm.queue_wait_s),
         _fmt(None if m.get("prefill_s") is None else m["prefill_s"] * 1000, 1),  # ms: a GPU's is tens of ms
-        _fmt(tm.get("speech_end_to_first_audio_s", tm.get("first_audio_s"))),
+        _fmt(tm.speech_end_to_first_audio_s if tm.speech_end_to_first_audio_s is not None else tm.first_audio_s),
         _fmt(m.get("decode_ms_per_step"), 1),
         _fmt(m.get("steps_per_s"), 1),
         _fmt(m.get("real_time_factor")),
-        _fmt(tm.get("rebuffers", 0)),
+        _fmt(tm.rebuffers),
         _fmt(m.get("peak_rss_mb"), 0),
         _fmt(m.get("gpu_peak_mem_mb"), 0),
-        _fmt(tm.get("onset_to_silence_s", tm.get("duck_onset_to_silence_s")), 3),
-        _fmt(tm.get("command_check_s"), 3),
+        _fmt(tm.onset_to_silence_s if tm.onset_to_silence_s is not None else tm.duck_onset_to_silence_s, 3),
+        _fmt(tm.command_check_s, 3),
     ]
 
 
 def latency_line(t) -> str:
     """The same figures on one line (the Streamlit page, under each answer)."""
-    m, tm = t.timings.get("model") or {}, t.timings
+    m, tm = t.timings.model or {}, t.timings
     parts = []
     for label, value, fmt in (("prefill", None if m.get("prefill_s") is None else m["prefill_s"] * 1000, "{:.1f} ms"),
-                              ("first audio", tm.get("first_audio_s"), "{:.2f} s"),
+                              ("first audio", tm.first_audio_s, "{:.2f} s"),
                               ("decode", m.get("decode_ms_per_step"), "{:.1f} ms/step"),
                               ("", m.get("steps_per_s"), "{:.1f} steps/s"),
                               ("RTF", m.get("real_time_factor"), "{:.2f}"),
@@ -233,6 +233,6 @@ def latency_line(t) -> str:
                               ("GPU", m.get("gpu_peak_mem_mb"), "{:.0f} MB")):
         if value is not None:
             parts.append(f"{label} {fmt.format(value)}".strip())
-    if tm.get("rebuffers"):
-        parts.append(f"{tm['rebuffers']} playback pauses")
+    if tm.rebuffers:
+        parts.append(f"{tm.rebuffers} playback pauses")
     return " · ".join(parts)

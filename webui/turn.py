@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .config import OUT_RATE
 from .vad import SAMPLE_RATE as VAD_RATE
+
+
+@dataclass
+class Timings:
+    """When a turn's events happened and how long its parts took, in seconds; `model` holds the model's own
+    figures (omni's Stats, rates without the time the answer waited; see model_timings)."""
+    submitted: float | None = None  # monotonic clock: when the question went to the worker
+    speech_end_wall: float | None = None  # monotonic clock: when the spoken question ended
+    queue_wait_s: float | None = None  # until the worker took the question up
+    first_text_s: float | None = None  # from submitted
+    first_audio_s: float | None = None  # from submitted
+    speech_end_to_first_audio_s: float | None = None  # what a speaker waits (the end-of-turn silence included)
+    throttled_s: float | None = None  # started but not computing: ahead of playback, or others' turns
+    steps_per_s: float | None = None
+    real_time_factor: float | None = None
+    rebuffers: int = 0  # times playback ran dry while the answer was being generated
+    ducks: int = 0  # times playback paused for a possible stop command
+    duck_onset_to_silence_s: float | None = None
+    interrupt_reason: str | None = None
+    onset_to_silence_s: float | None = None  # barge-in onset -> quiet output
+    decision_to_silence_s: float | None = None
+    command_check_s: float | None = None  # the recogniser's time on the stop command
+    command_transcript: str | None = None
+    command_end_to_decision_s: float | None = None
+    model: dict | None = None
+
+    def exported(self) -> dict:
+        """What the transcript keeps: the figures that were measured, not the clock readings."""
+        skip = ("submitted", "speech_end_wall")
+        return {k: v for k, v in asdict(self).items() if k not in skip and v is not None and v != 0}
 
 
 @dataclass
@@ -29,7 +59,7 @@ class Turn:
     played_s: float = 0.0
     full_text: str = ""  # what the model produced before any truncation
     live: bool = True  # played through a live audio output as generated (False: shown as text, kept for replay)
-    timings: dict = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
     started_wall: float = field(default_factory=time.time)
     files: dict = field(default_factory=dict)  # name -> path inside the session folder
     user_audio_s: float = 0.0
