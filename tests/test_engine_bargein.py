@@ -61,8 +61,8 @@ def test_stop_omni_cancels_once_within_the_bound(transcriber, tmp_path):
     assert 1.0 < turn.played_s < 4.5
     assert len(turn.assistant_text) < len(turn.full_text) and turn.assistant_text.endswith("…")
     engine.close()
-    print(f"\nbarge-in: onset->silence {quiet - onset:.3f}s, command check {t['command_check_s']:.3f}s, "
-          f"phrase end->decision {t['command_end_to_decision_s']:.3f}s")
+    print(f"\nbarge-in: onset->silence {quiet - onset:.3f}s, command check {t.command_check_s:.3f}s, "
+          f"phrase end->decision {t.command_end_to_decision_s:.3f}s")
 
 
 @pytest.mark.parametrize("name,distractor,echo", [
