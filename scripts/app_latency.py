@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 QUESTIONS = ["what is the capital of france and why is it famous", "how tall is the eiffel tower in paris",
              "tell me a short story about a cat", "why is the sky blue during the day"]
@@ -31,7 +31,7 @@ def main() -> int:
     import omni
     from omni.errors import OmniError
     from webui.engine import Engine, EngineConfig
-    from webui_fixtures import run_realtime, silence, speech, timeline
+    from webui.simulate import run_realtime, silence, speech, timeline
 
     holder = {}
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 QUESTIONS = ["what is the capital of france and why is it famous", "how tall is the eiffel tower in paris",
              "tell me a short story about a cat"]
@@ -26,7 +26,7 @@ QUESTIONS = ["what is the capital of france and why is it famous", "how tall is 
 def run_scenario(model, scenario: str, max_new_tokens: int) -> list[dict]:
     import omni
     from webui.engine import Engine, EngineConfig
-    from webui_fixtures import run_realtime, silence, speech, timeline
+    from webui.simulate import run_realtime, silence, speech, timeline
 
     options = functools.partial(omni.DecodingOptions, ignore_stop=True)
     engine = Engine(model, EngineConfig(max_new_tokens=max_new_tokens, policy="off"), options_cls=options)
@@ -73,7 +73,7 @@ def main() -> int:
 
     import omni
     from omni.errors import OmniError
-    from webui_fixtures import speech
+    from webui.simulate import speech
 
     holder = {}
 

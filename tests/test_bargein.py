@@ -1,5 +1,5 @@
 """Barge-in decisions on their own (webui/bargein.py): what each event over an active answer leads to, by policy.
-The real-time behaviour (VAD, ASR, playback) is tested in test_engine_bargein.py."""
+The real-time behaviour (VAD, ASR, playback) is tested in test_listening_bargein.py."""
 
 from types import SimpleNamespace
 

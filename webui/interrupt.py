@@ -122,9 +122,6 @@ class CommandChecker:
         self.matcher = PhraseMatcher(phrases)
         self._lock = threading.Lock()  # one ASR model, many sessions
 
-    def set_phrases(self, phrases) -> None:
-        self.matcher = PhraseMatcher(phrases)
-
     def check(self, audio16k: np.ndarray, assistant_text: str = "", matcher: PhraseMatcher | None = None) -> CommandCheck:
         t0 = time.perf_counter()
         matcher = matcher or self.matcher

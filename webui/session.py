@@ -161,16 +161,6 @@ class Session(Listening, Answering):
     def live_audio(self) -> bool:
         return self._transports > 0
 
-    def add_flush_hook(self, fn: Callable[[], None]) -> None:
-        """Called on interrupt to drop audio the transport has queued (e.g. fastrtc's clear_queue)."""
-        with self._lock:
-            self._flush_hooks.append(fn)
-
-    def remove_flush_hook(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            if fn in self._flush_hooks:
-                self._flush_hooks.remove(fn)
-
     def next_frame(self, samples: int = 480, timeout: float = 0.02) -> np.ndarray | None:
         """The next `samples` of speech (int16, 24 kHz) once it is due, or None (silence) after `timeout`; paced
         by the player (webui/playback.py), held while playback is paused for a possible stop command."""
