@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` starts in this folder
 
@@ -233,6 +234,32 @@ def stream_answer(s: Session, turn) -> None:
             st.caption(figures)
 
 
+def sidebar(s: Session, webcam: bool, playing: bool) -> SimpleNamespace:
+    """One question at a time (recorded, or uploaded with a picture), the export and Clear."""
+    with st.sidebar:
+        st.subheader("Ask one question")
+        mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
+        recording = st.audio_input("Record a question (sent when you stop)", key="recording")
+        photo = None
+        if webcam and not playing:
+            photo = st.camera_input("Photo for the next recorded question", key="photo")
+        st.subheader("Upload")
+        image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"], max_upload_size=MAX_UPLOAD_MB)
+        audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"],
+                                      max_upload_size=MAX_UPLOAD_MB)
+        clicked = st.button("Ask with upload", disabled=audio_file is None and image_file is None)
+        st.divider()
+        export_slot = st.empty()
+        offered = bool(s.history)
+        if offered:
+            with export_slot.container():
+                export_button(s)
+        if st.button("Clear"):
+            s.clear()
+    return SimpleNamespace(mode=mode, recording=recording, photo=photo, image_file=image_file, audio_file=audio_file,
+                           clicked=clicked, export_slot=export_slot, offered=offered)
+
+
 def main() -> None:
     args = parse(sys.argv[1:], known_only=True)  # app.py's command line, passed on by `streamlit run ... --`
     st.set_page_config(page_title="Mini-Omni2", page_icon="🎙️")
@@ -262,26 +289,9 @@ def main() -> None:
                    "permission was denied, allow both in its site settings for this page and start again. From "
                    "another machine the page needs https or an ssh tunnel (ssh -L PORT:127.0.0.1:PORT host).")
 
-    with st.sidebar:
-        st.subheader("Ask one question")
-        mode = st.radio("Answer as", ["speech", "text"], horizontal=True)
-        recording = st.audio_input("Record a question (sent when you stop)", key="recording")
-        photo = None
-        if webcam and not playing:
-            photo = st.camera_input("Photo for the next recorded question", key="photo")
-        st.subheader("Upload")
-        image_file = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp"], max_upload_size=MAX_UPLOAD_MB)
-        audio_file = st.file_uploader("Audio question", type=["wav", "mp3", "ogg", "flac", "m4a"],
-                                      max_upload_size=MAX_UPLOAD_MB)
-        ask = st.button("Ask with upload", disabled=audio_file is None and image_file is None)
-        st.divider()
-        export_slot = st.empty()
-        offered = bool(s.history)
-        if offered:
-            with export_slot.container():
-                export_button(s)
-        if st.button("Clear"):
-            s.clear()
+    ask = sidebar(s, webcam, playing)
+    mode, recording, photo, image_file, audio_file = ask.mode, ask.recording, ask.photo, ask.image_file, ask.audio_file
+    export_slot, offered = ask.export_slot, ask.offered
 
     active = s.current  # an answer still running from before this rerun is followed again below
     if not playing:  # (live: follow_live draws the whole conversation)
@@ -299,7 +309,7 @@ def main() -> None:
             image, source = _picture(photo, image_file)
             turn = s.send_upload(audio=_read_audio(recording), image=image, speak=(mode == "speech"), kind="voice",
                                  image_source=source)
-        elif ask:
+        elif ask.clicked:
             image, source = _picture(None, image_file)
             audio = _read_audio(audio_file) if audio_file is not None else None
             turn = s.send_upload(audio=audio, image=image, speak=(mode == "speech"), image_source=source)
