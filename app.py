@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def is_tiny(checkpoint: str) -> bool:
-    from omni.tiny import is_test_checkpoint
+    from omni.random_checkpoint import is_test_checkpoint
 
     return checkpoint == "tiny" or is_test_checkpoint(checkpoint)
 

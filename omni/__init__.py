@@ -10,7 +10,7 @@ from .decoding import DecodingOptions
 from .errors import CheckpointError, OmniError, OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
 from .inference import Omni, load_model
-from .tiny import make_tiny_checkpoint
+from .random_checkpoint import make_tiny_checkpoint
 from .tokens import SPEECH_TASKS, TASKS
 
 __all__ = ["load_model", "Omni", "DecodingOptions", "make_tiny_checkpoint", "TASKS", "SPEECH_TASKS", "TextDelta",

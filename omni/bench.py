@@ -118,7 +118,7 @@ def encode_ms(model, question) -> float:
 
 
 def screen_stats(lm) -> dict | str:
-    """How the int8 screens of the greedy heads did (omni/screen.py): rows re-scored per call, full-head fallbacks."""
+    """How the int8 screens of the greedy heads did (omni/argmax_screen.py): rows re-scored per call, full-head fallbacks."""
     if lm.screens is None:
         return "off"
     return {name: s.stats() for name, s in zip(("text", "audio"), lm.screens)}

@@ -156,7 +156,7 @@ def _check_inputs(a):
 
 
 def cmd_tiny(a) -> int:
-    from .tiny import make_tiny_checkpoint
+    from .random_checkpoint import make_tiny_checkpoint
 
     out = make_tiny_checkpoint(a.dir, seed=a.seed, full_size=a.full_size)
     print(f"wrote a random {'full-size' if a.full_size else 'tiny'} checkpoint to {out} (SNAC in {out}/snac_24khz)")

@@ -316,9 +316,9 @@ class OmniLM(nn.Module):
         return self.screens is not None and h.shape[0] == 1 and h.dtype == torch.float32 and h.device.type == "cpu"
 
     def screen_heads(self) -> bool:
-        """Greedy decoding on a CPU in fp32: take the head's argmax through an int8 screen (omni/screen.py),
+        """Greedy decoding on a CPU in fp32: take the head's argmax through an int8 screen (omni/argmax_screen.py),
         which reads a quarter of the head's bytes and gives the same ids. False where it does not apply."""
-        from .screen import ScreenedArgmax, screens_work
+        from .argmax_screen import ScreenedArgmax, screens_work
 
         w = self.lm_head.weight
         if self.split_heads is not None or w.dtype != torch.float32 or w.device.type != "cpu" or not screens_work():

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from omni.tiny import make_tiny_checkpoint
+    from omni.random_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 

@@ -35,17 +35,18 @@ def test_tiny_checkpoint_has_the_official_layout(tiny_ckpt):
 
 def test_other_dimensions_load_from_the_files(tmp_path):
     """Nothing is hard-coded: a checkpoint with other LM/Whisper/CLIP widths loads and runs."""
-    from omni import tiny
+    from omni import random_checkpoint
 
     d = tmp_path / "odd"
-    saved = (tiny.TINY_LM, tiny.TINY_WHISPER, tiny.TINY_CLIP)
+    saved = (random_checkpoint.TINY_LM, random_checkpoint.TINY_WHISPER, random_checkpoint.TINY_CLIP)
     try:
-        tiny.TINY_LM = dict(n_layer=3, n_embd=96, n_head=6, n_query_groups=3, head_size=16, intermediate_size=160)
-        tiny.TINY_WHISPER = dict(tiny.TINY_WHISPER, n_audio_state=128, n_audio_head=2)
-        tiny.TINY_CLIP = dict(tiny.TINY_CLIP, width=128, embed_dim=48)
-        tiny.make_tiny_checkpoint(d, seed=3)
+        random_checkpoint.TINY_LM = dict(n_layer=3, n_embd=96, n_head=6, n_query_groups=3, head_size=16,
+                                         intermediate_size=160)
+        random_checkpoint.TINY_WHISPER = dict(random_checkpoint.TINY_WHISPER, n_audio_state=128, n_audio_head=2)
+        random_checkpoint.TINY_CLIP = dict(random_checkpoint.TINY_CLIP, width=128, embed_dim=48)
+        random_checkpoint.make_tiny_checkpoint(d, seed=3)
     finally:
-        tiny.TINY_LM, tiny.TINY_WHISPER, tiny.TINY_CLIP = saved
+        random_checkpoint.TINY_LM, random_checkpoint.TINY_WHISPER, random_checkpoint.TINY_CLIP = saved
     m = omni.load_model(d, device="cpu")
     assert (m.cfg.n_embd, m.cfg.n_layer, m.whisper_dims.n_audio_state, m.clip.dims.width, m.clip.dims.heads) == \
         (96, 3, 128, 128, 2)
@@ -113,7 +114,7 @@ def test_benchmark_checkpoints_leave_the_stop_rows_alone(tmp_path):
     """Test checkpoints boost the eot/eoa embedding rows (random answers end now and then); benchmark ones
     (--full-size) do not, so the official code, which cannot go on past an eoa, times a long answer too."""
     from omni.config import ModelConfig, Vocab
-    from omni.tiny import TINY_LM, model_config, write_lm
+    from omni.random_checkpoint import TINY_LM, model_config, write_lm
 
     cfg = model_config(TINY_LM, 64, 32)
     rows = {}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from omni.tiny import is_test_checkpoint  # noqa: E402
+from omni.random_checkpoint import is_test_checkpoint  # noqa: E402
 from webui.engine import (OUT_RATE, Engine, EngineBusy, EngineConfig, Session, close_abandoned,  # noqa: E402
                           freeze_heap, load_audio, load_image)
 from webui.interrupt import make_transcriber  # noqa: E402

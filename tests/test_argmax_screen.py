@@ -1,10 +1,10 @@
-"""The int8 screen of the greedy heads (omni/screen.py): its error bounds hold, and its argmax is the fp32 one —
+"""The int8 screen of the greedy heads (omni/argmax_screen.py): its error bounds hold, and its argmax is the fp32 one —
 for ordinary and outlier-heavy activations, near-ties, exact ties, groups, and the fallbacks."""
 
 import torch
 
 import omni
-from omni.screen import ScreenedArgmax, screens_work
+from omni.argmax_screen import ScreenedArgmax, screens_work
 
 
 
