@@ -15,7 +15,7 @@ import torch
 
 from . import audio as audio_io
 from .checkpoint import check_files, default_snac_dir, load_lm, verify_known_file
-from .codec import SpeechDecoder, decode_frames, load_snac
+from .codec import load_snac
 from .codec import fastest_dtype as fastest_snac_dtype
 from .codec import warm_up as warm_up_snac
 from .config import ModelConfig, Vocab
@@ -23,8 +23,8 @@ from .decoding import DecodingOptions, speech_entries, text_entries
 from .errors import CheckpointError, OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
 from .linear import TRANSPOSED, choose_small_rows_kernel, small_rows_kernel, split_long_inputs
-from .tokens import (AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt,
-                     frames_from_delayed, whisper_frames)
+from .prompt import AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt, whisper_frames
+from .speech import SpeechDecoder, decode_frames, frames_from_delayed
 from .vision import load_vision_encoder, open_image, preprocess
 
 KEPT_FEATURES = 4  # audios whose Whisper features are kept (a 30 s question's are 4.6 MB in fp32)

@@ -8,7 +8,7 @@ import torch
 
 import omni
 from omni.events import AudioChunk, Finished, TextDelta
-from omni.tokens import frames_from_delayed
+from omni.speech import frames_from_delayed
 
 N = 24
 OPTS = omni.DecodingOptions(max_new_tokens=N)
@@ -77,7 +77,7 @@ def test_official_chunking_drops_the_tail_and_smooth_mode_keeps_it(tiny_model, m
 
 
 def _chunked(snac, frames, **kw) -> list[np.ndarray]:
-    from omni.codec import SpeechDecoder
+    from omni.speech import SpeechDecoder
 
     dec = SpeechDecoder(snac, 4096, **kw)
     jobs = [dec.add([f]) for f in frames] + [dec.flush()]
@@ -89,7 +89,7 @@ def test_smooth_chunks_match_a_whole_utterance_decode_and_official_ones_click(ti
     (SNAC's noise switched off so the two can be compared); official chunks (no context) jump at the borders."""
     import snac.layers
 
-    from omni.codec import decode_frames
+    from omni.speech import decode_frames
 
     monkeypatch.setattr(snac.layers.NoiseBlock, "forward", lambda self, x: x)
     rng = np.random.RandomState(0)
@@ -119,7 +119,7 @@ def test_warm_up_decodes_each_length_of_the_default_stream_once(tiny_model, monk
 
 
 def test_first_smooth_chunk_waits_only_for_its_lookahead(tiny_model):
-    from omni.codec import SpeechDecoder
+    from omni.speech import SpeechDecoder
 
     dec = SpeechDecoder(tiny_model.snac, 4096, mode="smooth", first=2, lookahead=2)
     frame = [1, 2, 3, 4, 5, 6, 7]
@@ -219,7 +219,7 @@ def test_prepared_snac_decodes_as_the_snac_package_does(tiny_ckpt, tiny_model):
     from snac import SNAC
 
     from omni.codec import _is_dilated_depthwise, _is_pointwise, _is_upsampling
-    from omni.tokens import frames_to_codes
+    from omni.speech import frames_to_codes
 
     d = tiny_ckpt / "snac_24khz"
     ref = SNAC(**json.loads((d / "config.json").read_text()))
@@ -244,7 +244,7 @@ def test_snac_in_bfloat16_is_chosen_by_timing_and_stays_close_to_float32(tiny_ck
     waveform (the decoder's noise left out) must stay close to fp32's, and the fp32 model is never changed.
     Timed on a virtual clock that each decode advances by its dtype's cost."""
     from omni import codec
-    from omni.tokens import frames_to_codes
+    from omni.speech import frames_to_codes
 
     real = codec.SpeechDecoder.render
 

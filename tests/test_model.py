@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omni.tokens import build_prompt
+from omni.prompt import build_prompt
 
 
 def qwen2_reference(lm):

@@ -1,0 +1,37 @@
+"""Speech out (omni/speech.py): the delay pattern undone, the SNAC frame order."""
+
+import torch
+
+from omni.speech import frames_from_delayed, frames_to_codes
+
+
+def test_snac_frame_order():
+    frames = [[10 * t + j for j in range(7)] for t in range(3)]
+    c0, c1, c2 = frames_to_codes(frames)
+    assert c0.shape == (1, 3) and c1.shape == (1, 6) and c2.shape == (1, 12)
+    t = 2
+    assert c0[0, t] == frames[t][0]
+    assert (c1[0, 2 * t], c1[0, 2 * t + 1]) == (frames[t][1], frames[t][4])
+    assert [int(c2[0, 4 * t + i]) for i in range(4)] == [frames[t][2], frames[t][3], frames[t][5], frames[t][6]]
+
+
+def test_snac_frames_round_trip():
+    g = torch.Generator().manual_seed(1)
+    codes = [torch.randint(0, 4096, (1, n), generator=g) for n in (5, 10, 20)]
+    c0, c1, c2 = (c[0].tolist() for c in codes)
+    # each frame read from the codes by the spec's order: coarse, mid-a, fine-a, fine-b, mid-b, fine-c, fine-d
+    frames = [[c0[t], c1[2 * t], c2[4 * t], c2[4 * t + 1], c1[2 * t + 1], c2[4 * t + 2], c2[4 * t + 3]]
+              for t in range(5)]
+    back = frames_to_codes(frames)
+    assert all(torch.equal(a, b) for a, b in zip(codes, back))
+
+
+def test_delay_pattern_undo():
+    # row j at step k holds 1000*j + k: frame f, layer j must come from step f + j + 1
+    rows = [[1000 * j + k for k in range(12)] for j in range(7)]
+    frames = frames_from_delayed(rows)
+    assert len(frames) == 12 - 7
+    assert frames[0] == [1000 * j + j + 1 for j in range(7)]
+    assert frames[4][6] == 6000 + 4 + 7
+    assert frames_from_delayed(rows, n_frames=1, start=2) == [frames[2]]
+    assert frames_from_delayed([r[:7] for r in rows]) == []
