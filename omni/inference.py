@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +23,7 @@ from .errors import CheckpointError, OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
 from .linear import TRANSPOSED, choose_small_rows_kernel, small_rows_kernel, split_long_inputs
 from .prompt import AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt, whisper_frames
-from .speech import SpeechDecoder, decode_frames, frames_from_delayed
+from .speech import SpeechStream, decode_frames, frames_from_delayed
 from .vision import load_vision_encoder, open_image, preprocess
 
 KEPT_FEATURES = 4  # audios whose Whisper features are kept (a 30 s question's are 4.6 MB in fp32)
@@ -281,6 +280,12 @@ class Omni:
 
         Inputs are read and checked, and (with `options`) the budget too, before the encoders run.
         """
+        prompt, x, _ = self._prepare(task, audio, image, text, options)
+        return prompt, x
+
+    def _prepare(self, task: str, audio, image, text,
+                 options: DecodingOptions | None) -> tuple[Prompt, torch.Tensor, int | None]:
+        """`prepare`, and the entries the budget allows (None without `options`)."""
         if task not in TASKS:
             raise OmniInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         samples = pil_image = text_ids = None
@@ -300,14 +305,13 @@ class Omni:
                                      f"{self.cfg.block_size}-token context with room for an answer")
         prompt = build_prompt(task, self.vocab, n_frames=0 if samples is None else self._n_frames(samples),
                               text_ids=text_ids, n_image=self.clip.dims.n_tokens)
-        if options is not None:
-            self.budget(prompt.length, options)
+        n_entries = None if options is None else self.budget(prompt.length, options)
         audio_feats = None if samples is None else self._whisper_features(samples)
         image_feats = None if pil_image is None else self.encode_image(pil_image)
         ids = prompt.ids.to(self.device)
         with torch.inference_mode():
             x = self.lm.embed(ids, audio_feats, prompt.audio_slots, image_feats, prompt.image_slots)
-        return prompt, x
+        return prompt, x, n_entries
 
     def budget(self, prompt_length: int, opts: DecodingOptions) -> int:
         room = self.cfg.block_size - prompt_length
@@ -341,35 +345,19 @@ class Omni:
         if self.device.type == "cuda":  # the request's own peak (weights included), not the process's so far
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        prompt, x = self.prepare(task, audio, image, text, opts)
-        n_entries = self.budget(prompt.length, opts)
+        prompt, x, n_entries = self._prepare(task, audio, image, text, opts)
         speech = task in SPEECH_TASKS
         stats = Stats(task=task, prompt_length=prompt.length)
         text_out = TextStreamer(self.tokenizer)
         info: dict = {}
-        audio_rows: list[list[int]] = [[] for _ in range(7)] if speech else []
         text_ids: list[int] = []
         pcm: list[np.ndarray] = []
-        decoder = SpeechDecoder(self.snac, self.vocab.n_codes, stride, mode) if speech else None
-        if overlap is None:
-            overlap = self.device.type == "cuda"
-        pool = ThreadPoolExecutor(1, thread_name_prefix="snac") if speech and overlap else None
-        pending: deque[Future] = deque()
+        voice = SpeechStream(self.snac, self.vocab.n_codes, stride, mode,
+                             overlap=self.device.type == "cuda" if overlap is None else overlap) if speech else None
         t_first = None
 
-        def submit(job) -> None:
-            if job is None:
-                return
-            if pool is None:
-                done = Future()
-                done.set_result(decoder.render(job))
-                pending.append(done)
-            else:
-                pending.append(pool.submit(decoder.render, job))
-
-        def finished_audio(wait: bool) -> Iterator[AudioChunk]:
-            while pending and (wait or pending[0].done()):
-                chunk = pending.popleft().result()
+        def heard(chunks: Iterator[np.ndarray]) -> Iterator[AudioChunk]:
+            for chunk in chunks:
                 pcm.append(chunk)
                 stats.audio_seconds += len(chunk) / 24000
                 if stats.time_to_first_audio_s is None:
@@ -394,18 +382,13 @@ class Omni:
                         stats.time_to_first_text_s = time.perf_counter() - t0
                     yield TextDelta(delta)
                 if speech:
-                    for j in range(7):
-                        audio_rows[j].append(entry[j])
-                    if k >= 7:  # frame k-7 is complete once entry k is in
-                        submit(decoder.add(frames_from_delayed(audio_rows, n_frames=1, start=k - 7)))
-                    yield from finished_audio(wait=False)
-            if speech and not (cancel is not None and cancel.is_set()):
-                submit(decoder.flush())
-            yield from finished_audio(wait=True)
+                    yield from heard(voice.add(entry[:7]))
+            if speech:
+                yield from heard(voice.finish(flush=not (cancel is not None and cancel.is_set())))
         finally:
             entries.close()  # frees the KV cache now, also when the consumer stops early
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            if voice is not None:
+                voice.close()
             stats.decode_s = (time.perf_counter() - t_first) if t_first else 0.0
             stats.total_s = time.perf_counter() - t0
             stats.peak_rss_mb = peak_rss_mb()
@@ -413,11 +396,14 @@ class Omni:
                 stats.gpu_peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         stats.stop_reason = info.get("stop", "")
         stats.cancelled = stats.stop_reason == "cancelled"
-        answer_ids = [t for t in text_ids[: self._text_end(text_ids, speech)] if t < self.vocab.eot]
-        result = Result(task=task, prompt_length=prompt.length, text_ids=text_ids, audio_ids=audio_rows,
-                        text=self.tokenizer.decode(answer_ids),
-                        audio=np.concatenate(pcm) if pcm else np.zeros(0, np.int16), stats=stats)
-        yield Finished(result)
+        yield Finished(self._result(task, prompt, text_ids, voice.rows if speech else [], pcm, stats))
+
+    def _result(self, task: str, prompt: Prompt, text_ids: list[int], audio_ids: list[list[int]],
+                pcm: list[np.ndarray], stats: Stats) -> Result:
+        answer_ids = [t for t in text_ids[: self._text_end(text_ids, task in SPEECH_TASKS)] if t < self.vocab.eot]
+        return Result(task=task, prompt_length=prompt.length, text_ids=text_ids, audio_ids=audio_ids,
+                      text=self.tokenizer.decode(answer_ids),
+                      audio=np.concatenate(pcm) if pcm else np.zeros(0, np.int16), stats=stats)
 
     def _text_end(self, text_ids: list[int], speech: bool) -> int:
         """Index of the first eot that ends the text (entry 0's eot does not in the text paths)."""

@@ -5,6 +5,10 @@ Entry k holds audio layer j of frame k - j - 1 (the delay pattern), so frame f i
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -119,3 +123,53 @@ def decode_frames(snac, frames: list[list[int]], n_codes: int = 4096) -> np.ndar
         return np.zeros(0, np.int16)
     dec = SpeechDecoder(snac, n_codes, stride=len(frames), mode="smooth", context=0, lookahead=0, first=len(frames))
     return dec.render(dec.add(frames))
+
+
+class SpeechStream:
+    """Decode entries in, finished PCM chunks out, for one answer.
+
+    `add` keeps an entry's 7 audio ids (`rows`, in the delayed layout); once entry k is in, frame k - 7 is
+    complete and goes to a SpeechDecoder, and a chunk that is due is rendered by SNAC: at once, or with `overlap`
+    on one worker thread while the caller decodes the next tokens (chunks still come out in order). `finish`
+    renders the tail (`flush`) and waits for every chunk; `close` stops the worker.
+    """
+
+    def __init__(self, snac, n_codes: int = 4096, stride: int | None = None, mode: str = "smooth",
+                 overlap: bool = False):
+        self.decoder = SpeechDecoder(snac, n_codes, stride, mode)
+        self.rows: list[list[int]] = [[] for _ in range(N_AUDIO_LAYERS)]
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="snac") if overlap else None
+        self._pending: deque[Future] = deque()
+
+    def add(self, audio_ids: list[int]) -> Iterator[np.ndarray]:
+        """Keep one entry's audio ids; returns the chunks finished by now."""
+        for row, token in zip(self.rows, audio_ids):
+            row.append(token)
+        k = len(self.rows[0]) - 1
+        if k >= N_AUDIO_LAYERS:
+            self._render(self.decoder.add(frames_from_delayed(self.rows, n_frames=1, start=k - N_AUDIO_LAYERS)))
+        return self._finished(wait=False)
+
+    def finish(self, flush: bool = True) -> Iterator[np.ndarray]:
+        """The rest of the chunks, waited for; with `flush` the frames not yet played too."""
+        if flush:
+            self._render(self.decoder.flush())
+        return self._finished(wait=True)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+
+    def _render(self, job: tuple | None) -> None:
+        if job is None:
+            return
+        if self._worker is None:
+            done = Future()
+            done.set_result(self.decoder.render(job))
+            self._pending.append(done)
+        else:
+            self._pending.append(self._worker.submit(self.decoder.render, job))
+
+    def _finished(self, wait: bool) -> Iterator[np.ndarray]:
+        while self._pending and (wait or self._pending[0].done()):
+            yield self._pending.popleft().result()

@@ -1,5 +1,6 @@
 """Speech out (omni/speech.py): the delay pattern undone, the SNAC frame order."""
 
+import numpy as np
 import torch
 
 from omni.speech import frames_from_delayed, frames_to_codes
@@ -35,3 +36,31 @@ def test_delay_pattern_undo():
     assert frames[4][6] == 6000 + 4 + 7
     assert frames_from_delayed(rows, n_frames=1, start=2) == [frames[2]]
     assert frames_from_delayed([r[:7] for r in rows]) == []
+
+
+def test_a_speech_stream_renders_the_chunks_its_decoder_picks(tiny_model, monkeypatch):
+    """Entries in (the delayed layout), PCM out: each frame reaches the chunk picker once complete, the tail comes
+    with finish(), none without the flush; on a worker thread (overlap) the same chunks come, in order."""
+    import snac.layers
+
+    from omni.speech import SpeechDecoder, SpeechStream
+
+    monkeypatch.setattr(snac.layers.NoiseBlock, "forward", lambda self, x: x)  # SNAC adds random noise otherwise
+    rng = np.random.RandomState(0)
+    entries = [list(rng.randint(0, 4096, 7)) for _ in range(30)]
+    frames = frames_from_delayed([[e[j] for e in entries] for j in range(7)])
+    picker = SpeechDecoder(tiny_model.snac, 4096, stride=4)
+    want = [picker.render(job) for job in [picker.add([f]) for f in frames] + [picker.flush()] if job is not None]
+    for overlap in (False, True):
+        stream = SpeechStream(tiny_model.snac, 4096, stride=4, overlap=overlap)
+        try:
+            got = [chunk for e in entries for chunk in stream.add(e)] + list(stream.finish())
+        finally:
+            stream.close()
+        assert stream.rows == [[e[j] for e in entries] for j in range(7)]
+        assert [len(c) for c in got] == [len(c) for c in want] and sum(map(len, got)) == len(frames) * 2048
+        # the same samples (up to float summation order on another thread, as SNAC's convolutions may split)
+        assert all(np.abs(a.astype(np.int32) - b).max() <= (4 if overlap else 0) for a, b in zip(got, want))
+    unflushed = SpeechStream(tiny_model.snac, 4096, stride=4)
+    kept = [chunk for e in entries for chunk in unflushed.add(e)] + list(unflushed.finish(flush=False))
+    assert sum(map(len, kept)) < len(frames) * 2048  # the tail is not played without the flush
