@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from omni.errors import OmniInputError
-    from omni.inference import check_options
+    from omni.device import check_options
 
     try:  # before the page comes up: a dead page is worse than a one-line error
         check_options(args.device, args.dtype, args.quantize)

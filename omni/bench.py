@@ -15,7 +15,8 @@ import torch
 
 from .decoding import DecodingOptions, speech_entries, text_entries
 from .events import AudioChunk, Finished
-from .inference import load_model, peak_rss_mb
+from .device import peak_rss_mb
+from .inference import load_model
 from .linear import small_rows_kernel
 
 AGREEMENT_PROMPTS = ["What is the capital of France?", "Tell me a short story about a cat.",

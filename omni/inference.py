@@ -13,95 +13,17 @@ import numpy as np
 import torch
 
 from . import audio as audio_io
-from .checkpoint import check_files, default_snac_dir, load_lm, verify_known_file
-from .codec import load_snac
-from .codec import fastest_dtype as fastest_snac_dtype
-from .codec import warm_up as warm_up_snac
-from .config import ModelConfig, Vocab
+from .checkpoint import check_files, default_snac_dir
 from .decoding import DecodingOptions, speech_entries, text_entries
-from .errors import CheckpointError, OmniInputError
+from .device import DTYPES, check_options, peak_rss_mb
+from .errors import OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
-from .linear import TRANSPOSED, choose_small_rows_kernel, small_rows_kernel, split_long_inputs
+from .loading import load_parts
 from .prompt import AUDIO_INPUT_TASKS, SPEECH_TASKS, TASKS, TEXT_INPUT_TASKS, Prompt, build_prompt, whisper_frames
 from .speech import SpeechStream, decode_frames, frames_from_delayed
-from .vision import load_vision_encoder, open_image, preprocess
+from .vision import open_image, preprocess
 
 KEPT_FEATURES = 4  # audios whose Whisper features are kept (a 30 s question's are 4.6 MB in fp32)
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def check_options(device: str | None = "auto", dtype: str = "float32", quantize: str | None = None) -> torch.device:
-    """Check a device/dtype/quantize combination before anything loads; returns the device to use."""
-    if dtype not in DTYPES:
-        raise OmniInputError(f"dtype must be one of float32, float16, bfloat16 (got {dtype!r})")
-    if quantize not in (None, "none", "int8"):
-        raise OmniInputError(f"quantize must be 'int8' or none (got {quantize!r})")
-    int8 = quantize == "int8"
-    # int8 is a CPU mode: "auto" means the CPU then, even on a machine with a GPU
-    dev = resolve_device("cpu" if int8 and device in (None, "auto") else device)
-    if int8 and dev.type != "cpu":
-        raise OmniInputError("int8 dynamic quantisation runs on the CPU only; drop --quantize or use --device cpu")
-    if int8 and DTYPES[dtype] != torch.float32:
-        raise OmniInputError(f"int8 quantisation computes in float32; drop --dtype {dtype} (or --quantize)")
-    return dev
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise OmniInputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise OmniInputError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise OmniInputError("--device mps was asked for but Apple's Metal backend is not available; use --device cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OmniInputError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise OmniInputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    return dev
-
-
-def _glibc():
-    """glibc's allocator controls, or None where the C library is another one (then memory tuning is skipped)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def _mmap_threshold(nbytes: int) -> None:
-    if (libc := _glibc()) is not None:
-        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
-
-
-def _keep_freed_heap(nbytes: int) -> None:
-    """Let glibc keep up to `nbytes` of freed memory at the top of its heap instead of handing it back at once.
-    Setting the mmap threshold also fixes the trim threshold at 128 KiB, so every large temporary freed at the
-    top of the heap went back to the OS, and the next one page-faulted its memory in again: a oneDNN int8
-    Whisper matmul took 12.5 instead of 5.7 ms that way. Peak memory is unchanged (what is kept was in use)."""
-    if (libc := _glibc()) is not None:
-        libc.mallopt(-1, nbytes)  # M_TRIM_THRESHOLD
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed after loading back to the OS (glibc keeps it otherwise): lowers resident memory."""
-    if (libc := _glibc()) is not None:
-        libc.malloc_trim(0)
 
 
 def _progress(enabled: bool):
@@ -139,88 +61,18 @@ class Omni:
         self.device = check_options(device, dtype, quantize)
         self.dtype = DTYPES[dtype]
         self.quantize = None if quantize in (None, "none") else quantize
-        self.int8_engines: dict[str, str] = {}  # quantised engine each part was packed for (int8 only)
-        self.whisper_attention = "sdpa"  # fp32 SDPA, as the official code; speed modes may choose another way
         # digest of the samples -> their Whisper features, the most recent last (see encode_audio)
         self._audio_features: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         t0 = time.perf_counter()
-        # While loading, blocks over 1 MiB are mmapped, so the weight copies freed while reading
-        # go straight back to the OS (glibc would otherwise keep them: peak RSS 4.2 -> 3.4 GB at full size).
-        # Afterwards a 32 MiB threshold keeps the big activation buffers of decoding in the reusable heap.
-        _mmap_threshold(1 << 20)
         say(f"device {self.device}, dtype {dtype}{', int8' if self.quantize else ''}")
-        self.cfg = ModelConfig.from_file(self.checkpoint_dir / "model_config.yaml")
-        self.vocab = Vocab.of(self.cfg)
-        from tokenizers import Tokenizer
-
-        try:
-            self.tokenizer = Tokenizer.from_file(str(self.checkpoint_dir / "tokenizer.json"))
-        except Exception as e:
-            raise CheckpointError(f"{self.checkpoint_dir / 'tokenizer.json'}: not a tokenizers file ({e})") from None
-        say("loading language model (lit_model.pth) ...")
-        self.lm = load_lm(self.checkpoint_dir, self.cfg)
-        release_freed_memory()
-        say("loading Whisper encoder (small.pt) ...")
-        verify_known_file(self.checkpoint_dir / "small.pt")
-        # the fp16-saved weights stay fp16 and are cast per call: fp32 copies would save ~0.1 s a question on
-        # a CPU but cost 168 MB, which the int8 screens of the heads (below) need more
-        self.whisper, self.whisper_dims = audio_io.load_whisper_encoder(self.checkpoint_dir / "small.pt",
-                                                                        keep_fp16=True)
-        if self.whisper_dims.n_audio_state != self.cfg.whisper_adapter_dim:
-            raise CheckpointError(f"small.pt has width {self.whisper_dims.n_audio_state} but model_config.yaml says "
-                                  f"whisper_adapter_dim {self.cfg.whisper_adapter_dim}")
-        release_freed_memory()
-        say("loading CLIP image encoder (ViT-B-32.pt) ...")
-        verify_known_file(self.checkpoint_dir / "ViT-B-32.pt")
-        self.clip = load_vision_encoder(self.checkpoint_dir / "ViT-B-32.pt")
-        if self.clip.dims.output_dim != self.cfg.vision_adapter_dim:
-            raise CheckpointError(f"ViT-B-32.pt projects to {self.clip.dims.output_dim} but model_config.yaml says "
-                                  f"vision_adapter_dim {self.cfg.vision_adapter_dim}")
-        release_freed_memory()
-        say("loading SNAC codec ...")
-        self.snac = load_snac(self.snac_dir)
-        if self.quantize == "int8":
-            from .quantize import quantize_int8
-
-            say("quantising linear layers to int8 ...")
-            self.int8_engines = quantize_int8(self)
-            say(f"int8 packed for: LM {self.int8_engines['lm']}, Whisper {self.int8_engines['whisper']}")
-        self.lm.to(self.device, self.dtype)
-        if self.device.type == "cpu" and self.dtype == torch.float32:
-            # the faster decoding matmul differs between CPUs (see omni/linear.py): timed here, ~20 ms
-            if choose_small_rows_kernel() == TRANSPOSED:
-                split_long_inputs(self.lm)  # the MLP projections as column blocks: faster with that kernel
-            say(f"decoding matmuls: {small_rows_kernel()}")
-            # greedy ids through an int8 screen of the head (same ids, a quarter of its bytes), ~1 s
-            if self.lm.screen_heads():
-                say("greedy heads screened in int8")
-        self.decode_path = "eager"
-        if self.device.type == "cuda" and cuda_graphs:
-            from .graphs import capture_decode_graphs
-
-            say("capturing the decode step as CUDA graphs ...")
-            try:
-                self.lm.static_steps = capture_decode_graphs(self.lm)
-                self.decode_path = "cuda graph"
-            except RuntimeError as e:  # an unsupported op or driver: decode eagerly, as without the option
-                say(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); decoding eagerly")
-                self.lm.static_steps = None
-        self.clip.to(self.device)  # computes in self.dtype (see encode_image); fp16-saved weights stay fp16
-        self.whisper.to(self.device)  # computes in fp32 always (as the official code; LayerNorm needs it on CPU)
-        self.snac.to(self.device)
-        audio_io.warm_up()
-        release_freed_memory()
-        _mmap_threshold(32 << 20)
-        _keep_freed_heap(256 << 20)
-        if self.quantize == "int8":
-            # a speed mode already: Whisper's attention in bf16 too where this CPU runs that faster. Timed after
-            # the heap settings above: before them each head's 4.5 MB of scores was a fresh mmap (+60 %)
-            self.whisper_attention = audio_io.fastest_attention(self.whisper_dims)
-            say(f"Whisper attention: {self.whisper_attention}")
-            if self.device.type == "cpu" and fastest_snac_dtype(self.snac) == torch.bfloat16:
-                self.snac.to(torch.bfloat16)  # 40 MB less, too
-                say("SNAC decodes in bfloat16")
-        warm_up_snac(self.snac)  # once its dtype is settled
+        parts = load_parts(self.checkpoint_dir, self.snac_dir, self.device, self.dtype, self.quantize, say,
+                           cuda_graphs)
+        self.cfg, self.vocab, self.tokenizer, self.lm = parts.cfg, parts.vocab, parts.tokenizer, parts.lm
+        self.whisper, self.whisper_dims = parts.whisper, parts.whisper_dims
+        self.clip, self.snac = parts.clip, parts.snac
+        self.int8_engines = parts.int8_engines  # quantised engine each part was packed for (int8 only)
+        self.whisper_attention = parts.whisper_attention
+        self.decode_path = parts.decode_path
         self.load_s = time.perf_counter() - t0
         say(f"ready in {self.load_s:.1f} s")
 

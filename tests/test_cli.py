@@ -275,7 +275,7 @@ def test_impossible_option_combinations_fail_before_loading(tiny_ckpt, capsys, a
 def test_int8_with_device_auto_runs_on_the_cpu_of_a_gpu_machine(monkeypatch):
     import torch
 
-    from omni.inference import check_options
+    from omni.device import check_options
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert check_options("auto", "float32", None).type == "cuda"

@@ -400,7 +400,7 @@ def test_upsampling_as_a_matrix_product_matches_conv_transpose(stride, batch, bi
 def test_loading_leaves_glibc_keeping_freed_heap(tiny_ckpt, monkeypatch):
     """After loading, large temporaries must be reused, not handed back and faulted in again on every call
     (setting the mmap threshold pins glibc's trim threshold at 128 KiB: oneDNN int8 matmuls ran 2x slower)."""
-    from omni import inference
+    from omni import device
 
     calls = []
 
@@ -410,7 +410,7 @@ def test_loading_leaves_glibc_keeping_freed_heap(tiny_ckpt, monkeypatch):
 
         def malloc_trim(self, pad):
             pass
-    monkeypatch.setattr(inference, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(device, "_glibc", lambda: FakeLibc())
     omni.load_model(tiny_ckpt, device="cpu")
     final = dict(calls)  # the last value set for each parameter
     assert final[-3] == 32 << 20  # M_MMAP_THRESHOLD
