@@ -57,12 +57,6 @@ class KVCache:
         self.v = [new(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.capacity = capacity
 
-    def row(self, i: int) -> "KVCache":
-        """A view of batch row i (writes go to this cache)."""
-        view = object.__new__(KVCache)
-        view.k, view.v, view.capacity = [k[i:i + 1] for k in self.k], [v[i:i + 1] for v in self.v], self.capacity
-        return view
-
     def copy_row(self, src: int, dst: int, length: int) -> None:
         for k, v in zip(self.k, self.v):
             k[dst, :, :length] = k[src, :, :length]
