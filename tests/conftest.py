@@ -65,6 +65,18 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture
+def run_cli(capsys):
+    """`python -m omni ARGS` in this process -> (exit code, stdout, stderr)."""
+    from omni.cli import main
+
+    def run(*args):
+        rc = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    return run
+
+
 class VirtualClock:
     """Time for the load-time choices' tests: each candidate advances it by a set cost, and `best_ms` (patched
     over omni.linear.best_ms where a module imported it) reads how far one call moved it. The choice then does

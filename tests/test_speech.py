@@ -1,4 +1,5 @@
-"""Speech out (omni/speech.py): the delay pattern undone, the SNAC frame order."""
+"""Speech out (omni/speech.py): the delay pattern undone, the SNAC frame order, the chunks the decoder picks
+(smooth and official), and the speech stream."""
 
 import numpy as np
 import torch
@@ -64,3 +65,45 @@ def test_a_speech_stream_renders_the_chunks_its_decoder_picks(tiny_model, monkey
     unflushed = SpeechStream(tiny_model.snac, 4096, stride=4)
     kept = [chunk for e in entries for chunk in unflushed.add(e)] + list(unflushed.finish(flush=False))
     assert sum(map(len, kept)) < len(frames) * 2048  # the tail is not played without the flush
+
+
+def _chunked(snac, frames, **kw) -> list[np.ndarray]:
+    from omni.speech import SpeechDecoder
+
+    dec = SpeechDecoder(snac, 4096, **kw)
+    jobs = [dec.add([f]) for f in frames] + [dec.flush()]
+    return [dec.render(j).astype(np.float64) for j in jobs if j is not None]
+
+
+def test_smooth_chunks_match_a_whole_utterance_decode_and_official_ones_click(tiny_model, monkeypatch):
+    """With left context and lookahead, every smooth chunk equals the same samples of a whole-utterance decode
+    (SNAC's noise switched off so the two can be compared); official chunks (no context) jump at the borders."""
+    import snac.layers
+
+    from omni.speech import decode_frames
+
+    monkeypatch.setattr(snac.layers.NoiseBlock, "forward", lambda self, x: x)
+    rng = np.random.RandomState(0)
+    frames = [list(rng.randint(0, 4096, 7)) for _ in range(40)]
+    whole = decode_frames(tiny_model.snac, frames).astype(np.float64)
+    smooth = _chunked(tiny_model.snac, frames, stride=8, mode="smooth")
+    assert [len(c) // 2048 for c in smooth] == [2, 2, 4, 4, 8, 8, 8, 4]  # doubling every 2nd chunk up to the stride; the tail
+    joined = np.concatenate(smooth)
+    assert len(joined) == len(whole)
+    peak = np.abs(whole).max()
+    assert np.abs(joined - whole).max() < 0.01 * peak
+    official = np.concatenate(_chunked(tiny_model.snac, frames, stride=4, mode="official"))
+    assert np.abs(official - whole[:len(official)]).max() > 0.05 * peak
+    no_lookahead = np.concatenate(_chunked(tiny_model.snac, frames, stride=8, mode="smooth", lookahead=0))
+    assert np.abs(no_lookahead - whole).max() > 0.05 * peak  # what the lookahead is for
+
+
+def test_first_smooth_chunk_waits_only_for_its_lookahead(tiny_model):
+    from omni.speech import SpeechDecoder
+
+    dec = SpeechDecoder(tiny_model.snac, 4096, mode="smooth", first=2, lookahead=2)
+    frame = [1, 2, 3, 4, 5, 6, 7]
+    assert all(dec.add([frame]) is None for _ in range(3))
+    frames, skip, count = dec.add([frame])  # the 4th frame lets the first two be decoded seamlessly
+    assert (len(frames), skip, count) == (4, 0, 2)
+    assert len(dec.render((frames, skip, count))) == 2 * 2048
