@@ -155,8 +155,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from omni.errors import OmniInputError
     from omni.device import check_options
+    from omni.errors import OmniInputError
 
     try:  # before the page comes up: a dead page is worse than a one-line error
         check_options(args.device, args.dtype, args.quantize)

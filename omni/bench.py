@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from .decoding import DecodingOptions, speech_entries, text_entries
-from .events import AudioChunk, Finished
 from .device import peak_rss_mb
+from .events import AudioChunk, Finished
 from .inference import load_model
 from .linear import small_rows_kernel
 
