@@ -295,13 +295,13 @@ class OmniLM(nn.Module):
         return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)
 
     def text_argmax(self, h: torch.Tensor) -> torch.Tensor:
-        """[1, D] -> the greedy text id [1] (the same as text_logits(h).argmax(-1))."""
+        """[1, D] -> the greedy text id [1]: text_logits(h).argmax(-1) (screened: see `screen_heads`)."""
         if self._screened(h):
             return self.screens[0](h)
         return self.text_logits(h).argmax(dim=-1)
 
     def audio_argmax(self, h: torch.Tensor) -> torch.Tensor:
-        """[1, D] -> the greedy ids of the 7 audio layers [1, 7] (the same as audio_logits(h).argmax(-1))."""
+        """[1, D] -> the greedy ids of the 7 audio layers [1, 7]: audio_logits(h).argmax(-1) (or screened)."""
         if self._screened(h):
             return self.screens[1](h)[None]
         return self.audio_logits(h).argmax(dim=-1)
@@ -311,7 +311,8 @@ class OmniLM(nn.Module):
 
     def screen_heads(self) -> bool:
         """Greedy decoding on a CPU in fp32: take the head's argmax through an int8 screen (omni/argmax_screen.py),
-        which reads a quarter of the head's bytes and gives the same ids. False where it does not apply."""
+        which reads a quarter of the head's bytes; its ids are the argmax of exact scores on every CPU, those of the
+        fp32 head but where two top scores lie within fp32 rounding of each other. False where it does not apply."""
         from .argmax_screen import ScreenedArgmax, screens_work
 
         w = self.lm_head.weight
