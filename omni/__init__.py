@@ -10,8 +10,8 @@ from .decoding import DecodingOptions
 from .errors import CheckpointError, OmniError, OmniInputError
 from .events import AudioChunk, Finished, Result, Stats, TextDelta
 from .inference import Omni, load_model
-from .tiny import make_tiny_checkpoint
-from .tokens import SPEECH_TASKS, TASKS
+from .prompt import SPEECH_TASKS, TASKS
+from .random_checkpoint import make_tiny_checkpoint
 
 __all__ = ["load_model", "Omni", "DecodingOptions", "make_tiny_checkpoint", "TASKS", "SPEECH_TASKS", "TextDelta",
            "AudioChunk", "Finished", "Result", "Stats", "OmniError", "OmniInputError", "CheckpointError"]

@@ -186,9 +186,9 @@ def fastest_attention(dims, candidates=("sdpa-bf16", "matmul-bf16"), reps: int =
     return best if best != "sdpa" and times[best] < 0.8 * fp32 else "sdpa"
 
 
-def load_whisper_encoder(path: Path, keep_fp16: bool = True):
+def load_whisper_encoder(path: Path):
     """The audio encoder of an openai-whisper checkpoint (small.pt), computing in fp32, with the stored
-    positional embedding. `keep_fp16=False` stores fp32 copies of fp16-saved weights (no cast per call)."""
+    positional embedding; fp16-saved weights stay fp16 (cast per call)."""
     import whisper.model as whisper_model
     from whisper.model import AudioEncoder, ModelDimensions
 
@@ -202,8 +202,8 @@ def load_whisper_encoder(path: Path, keep_fp16: bool = True):
     with torch.device("meta"):  # no throw-away random init: the weights come from the file
         enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
     # Whisper's Linear/Conv1d cast their weights to the input's dtype on every call, so fp16 weights (OpenAI's
-    # files) can stay fp16 in memory: the fp32 values computed with are the same, at half the memory (-168 MB).
-    # On a CPU the caller trades that memory for the cast (~40 ms of a 1.9 s encode) with keep_fp16=False.
+    # files) can stay fp16 in memory: the fp32 values computed with are the same, at half the memory (-168 MB),
+    # for a cast per call (~40 ms of a 1.9 s encode on a CPU).
     cast_by_module = {f"{name}.{p}" for name, mod in enc.named_modules()
                       if isinstance(mod, (whisper_model.Linear, whisper_model.Conv1d)) for p in ("weight", "bias")}
     sd = {}
@@ -211,7 +211,7 @@ def load_whisper_encoder(path: Path, keep_fp16: bool = True):
         if k.startswith("encoder."):
             k = k[len("encoder."):]
             if k in cast_by_module and v.dtype in (torch.float16, torch.float32):
-                sd[k] = v.clone() if keep_fp16 else v.to(torch.float32, copy=True)
+                sd[k] = v.clone()
             else:
                 sd[k] = v.float()
     want = enc.state_dict()

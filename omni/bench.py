@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from .decoding import DecodingOptions, speech_entries, text_entries
+from .device import peak_rss_mb
 from .events import AudioChunk, Finished
-from .inference import load_model, peak_rss_mb
+from .inference import load_model
 from .linear import small_rows_kernel
 
 AGREEMENT_PROMPTS = ["What is the capital of France?", "Tell me a short story about a cat.",
@@ -118,7 +119,7 @@ def encode_ms(model, question) -> float:
 
 
 def screen_stats(lm) -> dict | str:
-    """How the int8 screens of the greedy heads did (omni/screen.py): rows re-scored per call, full-head fallbacks."""
+    """How the int8 screens of the greedy heads did (omni/argmax_screen.py): rows re-scored per call, full-head fallbacks."""
     if lm.screens is None:
         return "off"
     return {name: s.stats() for name, s in zip(("text", "audio"), lm.screens)}

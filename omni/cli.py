@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from .errors import OmniError, OmniInputError
-from .tokens import SPEECH_TASKS, TASKS
+from .prompt import SPEECH_TASKS, TASKS
 
 TASK_HELP = ("A1A2: voice -> speech+text; A1T2: voice -> text; ASR: voice -> transcript; T1A2: text -> speech+text; "
              "T1T2: text -> text; IMAGE_A1A2: image + voice -> speech+text")
@@ -128,7 +128,7 @@ def cmd_generate(a) -> int:
 def _check_inputs(a):
     """Read the inputs the task needs (clear errors for anything missing or broken); return audio, image."""
     from .audio import SAMPLE_RATE, load_audio
-    from .tokens import AUDIO_INPUT_TASKS, TEXT_INPUT_TASKS
+    from .prompt import AUDIO_INPUT_TASKS, TEXT_INPUT_TASKS
     from .vision import open_image
 
     audio = image = None
@@ -156,7 +156,7 @@ def _check_inputs(a):
 
 
 def cmd_tiny(a) -> int:
-    from .tiny import make_tiny_checkpoint
+    from .random_checkpoint import make_tiny_checkpoint
 
     out = make_tiny_checkpoint(a.dir, seed=a.seed, full_size=a.full_size)
     print(f"wrote a random {'full-size' if a.full_size else 'tiny'} checkpoint to {out} (SNAC in {out}/snac_24khz)")

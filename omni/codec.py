@@ -1,4 +1,4 @@
-"""SNAC 24 kHz speech codec: loading, and turning delayed token rows into PCM chunks while they are generated."""
+"""The SNAC 24 kHz speech codec: loading it, its faster CPU paths, and the load-time choices (dtype, warm-up)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import json
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import CheckpointError
 from .linear import best_ms
-from .tokens import frames_to_codes
-
-SAMPLES_PER_FRAME = 2048  # one 7-token frame = 4 codebook-2 codes x 512-sample hop = 85.3 ms at 24 kHz
+from .speech import SpeechDecoder
 
 
 def load_snac(snac_dir: Path):
@@ -143,82 +140,6 @@ def _snake_in_place(self, x: torch.Tensor) -> torch.Tensor:
     return y.add_(x).reshape(shape)
 
 
-def to_int16(wave: torch.Tensor, official: bool = False) -> np.ndarray:
-    x = wave.detach().reshape(-1).cpu().double().numpy()  # on the CPU first: MPS has no float64
-    if official:  # float64 * 32768 -> int16 by truncation, as the official server does
-        return (x * 32768).astype(np.int16)
-    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
-
-
-class SpeechDecoder:
-    """Turns complete 7-token frames into PCM jobs as they arrive.
-
-    mode "official": every `stride` frames are decoded on their own (clicks at chunk borders; a tail of up to
-    stride-1 frames is never played), as the official server does.
-    mode "smooth" (default): chunks start at `first` frames and double every second chunk up to `stride`, so
-    the first sound comes early, the player's buffer grows, and later chunks cost less SNAC time per frame
-    (on 2 CPU cores, int8: sizes 2,2,4,4,... start as early as 1,1,2,2,... once gaps are counted). Each chunk is
-    decoded with `context` frames before it and `lookahead` frames after it (waiting for those), so its samples
-    match a whole-utterance decode and chunk borders join without a click; `flush()` plays the tail. Frames
-    holding a special id (>= n_codes) play as silence. `add`/`flush` only pick frames (cheap, in order); `render`
-    runs SNAC, so it can run on a worker thread. `stride` defaults to 16 frames (smooth) or 4 (official).
-    """
-
-    def __init__(self, snac, n_codes: int = 4096, stride: int | None = None, mode: str = "smooth",
-                 context: int = 2, lookahead: int = 2, first: int = 2):
-        if mode not in ("smooth", "official"):
-            raise ValueError(f"mode must be 'smooth' or 'official', not {mode!r}")
-        if stride is None:
-            stride = 16 if mode == "smooth" else 4
-        self.snac, self.n_codes, self.stride, self.mode = snac, n_codes, max(1, stride), mode
-        smooth = mode == "smooth"
-        self.context, self.lookahead = (context, lookahead) if smooth else (0, 0)
-        self.chunk = min(max(1, first), self.stride) if smooth else self.stride  # size of the next chunk
-        self.frames: list[list[int]] = []
-        self.emitted = 0  # frames already handed out as jobs
-        self.n_chunks = 0
-
-    def add(self, frames: list[list[int]]) -> tuple | None:
-        """Add newly completed frames; return a render job if a chunk is due."""
-        self.frames.extend(frames)
-        ready = len(self.frames) - self.lookahead
-        if ready - self.emitted < self.chunk:
-            return None
-        if self.mode == "official":
-            end = self.emitted + (ready - self.emitted) // self.stride * self.stride
-        else:
-            end = ready
-            self.n_chunks += 1
-            if self.n_chunks % 2 == 0:  # sizes 2, 2, 4, 4, 8, 8, ...: the buffer grows before the chunks do
-                self.chunk = min(self.chunk * 2, self.stride)
-        return self._job(self.emitted, end)
-
-    def flush(self) -> tuple | None:
-        """A job for the frames not yet played (none in official mode: the official stream drops them)."""
-        if self.mode == "official" or self.emitted >= len(self.frames):
-            return None
-        return self._job(self.emitted, len(self.frames))
-
-    def _job(self, start: int, end: int) -> tuple:
-        first, last = max(0, start - self.context), min(len(self.frames), end + self.lookahead)
-        self.emitted = end
-        return self.frames[first:last], start - first, end - start
-
-    def render(self, job: tuple) -> np.ndarray:
-        """job (frames, skip, count) -> int16 PCM of `count` frames starting `skip` frames into `frames`."""
-        frames, skip, count = job
-        bad = [i for i, f in enumerate(frames) if any(t >= self.n_codes or t < 0 for t in f)]
-        if bad:
-            frames = [[0] * 7 if i in bad else f for i, f in enumerate(frames)]
-        device = next(self.snac.parameters()).device
-        with torch.inference_mode():
-            wave = self.snac.decode([c.to(device) for c in frames_to_codes(frames)]).reshape(-1).float()
-            for i in bad:
-                wave[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME] = 0
-        wave = wave[skip * SAMPLES_PER_FRAME:(skip + count) * SAMPLES_PER_FRAME]
-        return to_int16(wave, official=self.mode == "official")
-
-
 def warm_up(snac) -> None:
     """Decode silence once at each length the default smooth stream uses: the first call at a new length
     sets up the convolution kernels (~40-60 ms each on CPU), which would otherwise delay the first chunks."""
@@ -245,11 +166,3 @@ def fastest_dtype(snac, frames: int = 8, reps: int = 2) -> torch.dtype:
         times[dtype] = best_ms(lambda: dec.render(job), reps)
         del model, dec
     return torch.bfloat16 if times[torch.bfloat16] < 0.8 * times[torch.float32] else torch.float32
-
-
-def decode_frames(snac, frames: list[list[int]], n_codes: int = 4096) -> np.ndarray:
-    """Whole-utterance decode in one SNAC call (used for --out-wav and replay)."""
-    if not frames:
-        return np.zeros(0, np.int16)
-    dec = SpeechDecoder(snac, n_codes, stride=len(frames), mode="smooth", context=0, lookahead=0, first=len(frames))
-    return dec.render(dec.add(frames))

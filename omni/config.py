@@ -22,6 +22,7 @@ _REQUIRED = {
 }
 
 N_SPECIAL = 64  # special slots at the top of the text and of each audio vocabulary
+N_AUDIO_LAYERS = 7  # token rows 0..6 are SNAC code layers, row 7 is text
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ModelConfig:
     rotary_percentage: float = 1.0
     add_qkv_bias: bool = True
     tie_word_embeddings: bool = True
-    n_audio_layers: int = 7
+    n_audio_layers: int = N_AUDIO_LAYERS
 
     @property
     def rope_n_elem(self) -> int:

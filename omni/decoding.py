@@ -13,10 +13,9 @@ from typing import Iterator
 
 import torch
 
-from .config import Vocab
+from .config import N_AUDIO_LAYERS, Vocab
 from .errors import OmniError, OmniInputError
 from .model import OmniLM
-from .tokens import N_AUDIO_LAYERS
 
 
 @dataclass(frozen=True)

@@ -57,12 +57,6 @@ class KVCache:
         self.v = [new(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.capacity = capacity
 
-    def row(self, i: int) -> "KVCache":
-        """A view of batch row i (writes go to this cache)."""
-        view = object.__new__(KVCache)
-        view.k, view.v, view.capacity = [k[i:i + 1] for k in self.k], [v[i:i + 1] for v in self.v], self.capacity
-        return view
-
     def copy_row(self, src: int, dst: int, length: int) -> None:
         for k, v in zip(self.k, self.v):
             k[dst, :, :length] = k[src, :, :length]
@@ -301,13 +295,13 @@ class OmniLM(nn.Module):
         return out.view(*h.shape[:-1], 7, self.cfg.audio_vocab_size)
 
     def text_argmax(self, h: torch.Tensor) -> torch.Tensor:
-        """[1, D] -> the greedy text id [1] (the same as text_logits(h).argmax(-1))."""
+        """[1, D] -> the greedy text id [1]: text_logits(h).argmax(-1) (screened: see `screen_heads`)."""
         if self._screened(h):
             return self.screens[0](h)
         return self.text_logits(h).argmax(dim=-1)
 
     def audio_argmax(self, h: torch.Tensor) -> torch.Tensor:
-        """[1, D] -> the greedy ids of the 7 audio layers [1, 7] (the same as audio_logits(h).argmax(-1))."""
+        """[1, D] -> the greedy ids of the 7 audio layers [1, 7]: audio_logits(h).argmax(-1) (or screened)."""
         if self._screened(h):
             return self.screens[1](h)[None]
         return self.audio_logits(h).argmax(dim=-1)
@@ -316,9 +310,10 @@ class OmniLM(nn.Module):
         return self.screens is not None and h.shape[0] == 1 and h.dtype == torch.float32 and h.device.type == "cpu"
 
     def screen_heads(self) -> bool:
-        """Greedy decoding on a CPU in fp32: take the head's argmax through an int8 screen (omni/screen.py),
-        which reads a quarter of the head's bytes and gives the same ids. False where it does not apply."""
-        from .screen import ScreenedArgmax, screens_work
+        """Greedy decoding on a CPU in fp32: take the head's argmax through an int8 screen (omni/argmax_screen.py),
+        which reads a quarter of the head's bytes; its ids are the argmax of exact scores on every CPU, those of the
+        fp32 head but where two top scores lie within fp32 rounding of each other. False where it does not apply."""
+        from .argmax_screen import ScreenedArgmax, screens_work
 
         w = self.lm_head.weight
         if self.split_heads is not None or w.dtype != torch.float32 or w.device.type != "cpu" or not screens_work():

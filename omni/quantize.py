@@ -98,15 +98,15 @@ def fastest_engine(rows: int, out_features: int, in_features: int, reps: int = 3
     return best if times[best] < (1 - margin) * times[candidates[0]] else candidates[0]
 
 
-def quantize_int8(omni) -> dict[str, str]:
-    """Quantise the LM body, adapters, both head slices and the Whisper encoder's linear layers to int8.
-    Returns the engine each part was packed for: {"lm": ..., "whisper": ...}."""
-    lm = omni.lm
+def quantize_int8(parts) -> dict[str, str]:
+    """Quantise the LM body, adapters, both head slices and the Whisper encoder's linear layers of the loaded
+    `parts` (omni/loading.py) to int8. Returns the engine each part was packed for: {"lm": ..., "whisper": ...}."""
+    lm = parts.lm
     cfg = lm.cfg
     # the LM's time is in decoding (2 rows); Whisper always runs its whole 30 s window
     chosen = {"lm": fastest_engine(2, cfg.intermediate_size, cfg.n_embd),
-              "whisper": fastest_engine(omni.whisper_dims.n_audio_ctx, 4 * omni.whisper_dims.n_audio_state,
-                                        omni.whisper_dims.n_audio_state)}
+              "whisper": fastest_engine(parts.whisper_dims.n_audio_ctx, 4 * parts.whisper_dims.n_audio_state,
+                                        parts.whisper_dims.n_audio_state)}
     text = cfg.text_vocab_size
     w = lm.lm_head.weight.detach()
     # views of the shared matrix (row slices are contiguous): no fp32 copy next to the loaded weights
@@ -117,6 +117,6 @@ def quantize_int8(omni) -> dict[str, str]:
     for part in (lm.transformer.h, lm.whisper_adapter, lm.vision_adapter):
         _swap_subclassed_linears(part)
         _dynamic(part, chosen["lm"])
-    _swap_subclassed_linears(omni.whisper)
-    _dynamic(omni.whisper, chosen["whisper"])
+    _swap_subclassed_linears(parts.whisper)
+    _dynamic(parts.whisper, chosen["whisper"])
     return chosen

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from omni.tiny import make_tiny_checkpoint
+    from omni.random_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 
@@ -63,6 +63,18 @@ def media(tmp_path_factory) -> dict[str, Path]:
     shutil.copy(out["speech16k"], d / "speech_as.png")
     out["wav_as_png"] = d / "speech_as.png"
     return out
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """`python -m omni ARGS` in this process -> (exit code, stdout, stderr)."""
+    from omni.cli import main
+
+    def run(*args):
+        rc = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    return run
 
 
 class VirtualClock:

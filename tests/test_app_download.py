@@ -43,7 +43,7 @@ def run_app(args, env, known=None, timeout=180):
 
 @pytest.fixture(scope="module")
 def hub_files(tmp_path_factory):
-    from omni.tiny import make_tiny_checkpoint
+    from omni.random_checkpoint import make_tiny_checkpoint
 
     return repo_files(make_tiny_checkpoint(tmp_path_factory.mktemp("hub") / "tiny", seed=3))
 

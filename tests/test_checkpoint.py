@@ -18,34 +18,20 @@ def ckpt_copy(tiny_ckpt, tmp_path):
     return dst
 
 
-def test_tiny_checkpoint_has_the_official_layout(tiny_ckpt):
-    for f in ("lit_model.pth", "model_config.yaml", "tokenizer.json", "small.pt", "ViT-B-32.pt",
-              "snac_24khz/config.json", "snac_24khz/pytorch_model.bin"):
-        assert (tiny_ckpt / f).is_file()
-    sd = torch.load(tiny_ckpt / "lit_model.pth", weights_only=True)
-    assert "lm_head.weight" in sd and "transformer.wte.weight" in sd and "vision_adapter.fc_1.weight" in sd
-    assert "attn.attn.bias" in " ".join(sd)
-    cfg = yaml.safe_load((tiny_ckpt / "model_config.yaml").read_text())
-    assert cfg["padded_vocab_size"] == 181120 and cfg["tie_word_embeddings"] is True
-    archive = torch.jit.load(str(tiny_ckpt / "ViT-B-32.pt"))  # a TorchScript archive, as OpenAI ships it
-    assert "visual.proj" in archive.state_dict() and "text_projection" in archive.state_dict()
-    small = torch.load(tiny_ckpt / "small.pt", weights_only=True)
-    assert small["model_state_dict"]["encoder.conv1.weight"].dtype == torch.float16  # as the official file
-
-
 def test_other_dimensions_load_from_the_files(tmp_path):
     """Nothing is hard-coded: a checkpoint with other LM/Whisper/CLIP widths loads and runs."""
-    from omni import tiny
+    from omni import random_checkpoint
 
     d = tmp_path / "odd"
-    saved = (tiny.TINY_LM, tiny.TINY_WHISPER, tiny.TINY_CLIP)
+    saved = (random_checkpoint.TINY_LM, random_checkpoint.TINY_WHISPER, random_checkpoint.TINY_CLIP)
     try:
-        tiny.TINY_LM = dict(n_layer=3, n_embd=96, n_head=6, n_query_groups=3, head_size=16, intermediate_size=160)
-        tiny.TINY_WHISPER = dict(tiny.TINY_WHISPER, n_audio_state=128, n_audio_head=2)
-        tiny.TINY_CLIP = dict(tiny.TINY_CLIP, width=128, embed_dim=48)
-        tiny.make_tiny_checkpoint(d, seed=3)
+        random_checkpoint.TINY_LM = dict(n_layer=3, n_embd=96, n_head=6, n_query_groups=3, head_size=16,
+                                         intermediate_size=160)
+        random_checkpoint.TINY_WHISPER = dict(random_checkpoint.TINY_WHISPER, n_audio_state=128, n_audio_head=2)
+        random_checkpoint.TINY_CLIP = dict(random_checkpoint.TINY_CLIP, width=128, embed_dim=48)
+        random_checkpoint.make_tiny_checkpoint(d, seed=3)
     finally:
-        tiny.TINY_LM, tiny.TINY_WHISPER, tiny.TINY_CLIP = saved
+        random_checkpoint.TINY_LM, random_checkpoint.TINY_WHISPER, random_checkpoint.TINY_CLIP = saved
     m = omni.load_model(d, device="cpu")
     assert (m.cfg.n_embd, m.cfg.n_layer, m.whisper_dims.n_audio_state, m.clip.dims.width, m.clip.dims.heads) == \
         (96, 3, 128, 128, 2)
@@ -107,22 +93,3 @@ def test_untied_head_warns_and_wte_is_used(ckpt_copy):
     with pytest.warns(UserWarning, match="using wte for both"):
         m = omni.load_model(ckpt_copy)
     assert torch.equal(m.lm.lm_head.weight, sd["transformer.wte.weight"])
-
-
-def test_benchmark_checkpoints_leave_the_stop_rows_alone(tmp_path):
-    """Test checkpoints boost the eot/eoa embedding rows (random answers end now and then); benchmark ones
-    (--full-size) do not, so the official code, which cannot go on past an eoa, times a long answer too."""
-    from omni.config import ModelConfig, Vocab
-    from omni.tiny import TINY_LM, model_config, write_lm
-
-    cfg = model_config(TINY_LM, 64, 32)
-    rows = {}
-    for boost in (True, False):
-        write_lm(tmp_path / f"{boost}.pth", cfg, torch.Generator().manual_seed(0), boost_stops=boost)
-        rows[boost] = torch.load(tmp_path / f"{boost}.pth", weights_only=True)["transformer.wte.weight"]
-    v = Vocab.of(ModelConfig.from_dict(cfg))
-    stops = [v.eot] + [v.layershift(v.eoa, j) for j in range(7)]
-    assert torch.equal(rows[True][stops], 2 * rows[False][stops])
-    others = torch.ones(rows[True].shape[0], dtype=torch.bool)
-    others[stops] = False
-    assert torch.equal(rows[True][others], rows[False][others])

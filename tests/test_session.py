@@ -395,7 +395,7 @@ def test_fifty_turns_with_pictures_keep_memory_bounded(tmp_path):
 
     import psutil
 
-    from omni.inference import release_freed_memory
+    from omni.device import release_freed_memory
 
     model = ScriptedModel("Yes.", speed=50.0, first_delay=0.0, keep_inputs=False)
     engine = Engine(model, EngineConfig(), transcriber=None, recordings_dir=str(tmp_path), options_cls=Options)

@@ -85,7 +85,7 @@ def test_real_asr_rejects_non_commands(real_checker, audio):
 
 
 def test_whisper_from_the_checkpoint_small_pt(tmp_path, monkeypatch):
-    from omni.tiny import TINY_WHISPER
+    from omni.random_checkpoint import TINY_WHISPER
     from webui.private import tiny_checkpoint_dir
 
     tr = make_transcriber("whisper", str(tiny_checkpoint_dir()))  # random tiny weights: the code path, not accuracy

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import omni
-import omni.tiny
+import omni.random_checkpoint
 from webui.private import tiny_checkpoint_dir
 
 PLANTED = b"code someone else put here"
@@ -41,7 +41,7 @@ def builds(tmp_path, monkeypatch) -> list[Path]:
         made.append(out)
         return out
 
-    monkeypatch.setattr(omni.tiny, "make_tiny_checkpoint", build)
+    monkeypatch.setattr(omni.random_checkpoint, "make_tiny_checkpoint", build)
     monkeypatch.setattr(omni, "make_tiny_checkpoint", build)
     return made
 

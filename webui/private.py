@@ -68,7 +68,7 @@ def _remove(path: Path) -> None:
 
 def _fresh_tiny(seed: int) -> Path:
     """A new private temp folder for this process only, removed when it ends."""
-    from omni.tiny import make_tiny_checkpoint
+    from omni.random_checkpoint import make_tiny_checkpoint
 
     d = Path(tempfile.mkdtemp(prefix="mini-omni2-tiny-"))
     atexit.register(shutil.rmtree, d, True)
@@ -82,14 +82,14 @@ def tiny_checkpoint_dir(seed: int = 0) -> Path:
     import hashlib
     import inspect
 
-    import omni.tiny
+    import omni.random_checkpoint
 
     base = user_cache()
     if base is None:
         log.warning("no private cache folder (~/.cache/mini-omni2): building the tiny checkpoint in a temp folder")
         return _fresh_tiny(seed)
     # keyed by the generator's source, so a changed tiny layout never meets a stale cached copy
-    tag = hashlib.sha1(inspect.getsource(omni.tiny).encode()).hexdigest()[:10]
+    tag = hashlib.sha1(inspect.getsource(omni.random_checkpoint).encode()).hexdigest()[:10]
     d = base / f"tiny-seed{seed}-{tag}"
     if d.exists() or d.is_symlink():
         if tree_mine_alone(d) and (d / "lit_model.pth").is_file():
@@ -97,7 +97,7 @@ def tiny_checkpoint_dir(seed: int = 0) -> Path:
         log.warning("%s: others could have changed it (owner or permissions); building it again", d)
         _remove(d)
     tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=base))  # 0700, renamed whole when complete
-    omni.tiny.make_tiny_checkpoint(tmp, seed=seed)
+    omni.random_checkpoint.make_tiny_checkpoint(tmp, seed=seed)
     try:
         tmp.rename(d)
     except OSError:  # another process finished first: use its copy if it passes the same check

@@ -104,7 +104,7 @@ def engine_config(args):
     """The engine's settings from the options, checked before anything loads: a bad value is said on the command
     line, not on a page that never comes up."""
     from omni.errors import OmniInputError
-    from omni.inference import check_options
+    from omni.device import check_options
 
     from .config import EngineConfig
 
@@ -116,7 +116,7 @@ def engine_config(args):
 
 
 def is_tiny(checkpoint: str) -> bool:
-    from omni.tiny import is_test_checkpoint
+    from omni.random_checkpoint import is_test_checkpoint
 
     return checkpoint == "tiny" or is_test_checkpoint(checkpoint)
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from omni.tiny import is_test_checkpoint  # noqa: E402
+from omni.random_checkpoint import is_test_checkpoint  # noqa: E402
 from webui.config import OUT_RATE  # noqa: E402
 from webui.engine import Engine, EngineBusy, close_abandoned  # noqa: E402
 from webui.session import Session  # noqa: E402

@@ -7,11 +7,20 @@ first run from an int8 copy (a quarter of the bytes) and every approximate score
     |w_i . x - a_i| <= ||w_i - w^_i|| ||x||  +  ||w^_i|| ||r||  +  1e-4 ||w_i|| ||x||
 
 where w^_i is row i as quantised (its error norm is measured once), x is quantised in two 7-bit
-passes (x ~ s1 q1 + s2 q2, r the exact remainder, computed per call), and the last term covers fp32 rounding,
-that of the full fp32 head included. A row can hold the argmax only if its upper bound reaches the best lower
-bound; those few rows are scored again from the fp32 weights, and the argmax of these scores is the token
-(first index on ties, as torch.argmax). So the tokens are those of the full fp32 head, up to summation order,
-as with any other kernel. If the screen lets too many rows through (an odd activation), the full fp32 head runs.
+passes (x ~ s1 q1 + s2 q2, r the exact remainder, computed per call), and the last term covers the fp32 rounding
+of the approximate scores, with room to spare. A row can hold the argmax only if its upper bound reaches the best
+lower bound; those few rows are scored again from the fp32 weights by `float64_scores`, and the argmax of these
+scores is the token, the first index on equal scores (as torch.argmax).
+
+What holds: the token is the argmax of `float64_scores` over the whole head, on every CPU. Those scores are the
+exact dot products of the fp32 values to ~1e-15 relative and do not depend on the CPU, its kernels or which rows
+are scored together, so identical rows always tie and the first of them wins. The full fp32 head (ours, or the
+official code's) gives the same token unless its top two scores lie within its own fp32 rounding (~1e-6 relative
+at this width) of each other; there every fp32 kernel decides by its rounding. (Re-scoring the candidates with a
+fp32 matmul did not: on a Xeon with AMX the product of a few rows rounded three identical rows differently, and
+the last of them won.) If the screen lets too many rows through (an odd activation), the whole fp32 head runs and
+the rows within its rounding bound of the best are re-scored the same way; a non-finite activation takes the fp32
+head's argmax as it is.
 
 The int8 products are exact: oneDNN's u8 x s8 matmul accumulates in int32, and 7-bit activations (1..127 with
 zero point 64) keep even the pairwise int16 sums of CPUs without VNNI from saturating (2 x 127 x 127 < 2^15).
@@ -27,11 +36,32 @@ _ZERO_POINT = 64  # activations: q in [-63, 63] stored as q + 64 in uint8
 _Q_ACT = 63
 _Q_WEIGHT = 127
 _WIDEN = 1 + 1e-3
-_MARGIN = 1e-4  # relative to ||w_i|| ||x||: fp32 rounding of the scaled products and of the reference scores
+_MARGIN = 1e-4  # relative to ||w_i|| ||x||: fp32 rounding of the scaled products (far less), and of a fp32 head
 # The build's chunks: each temporary stays under the 1 MiB mmap threshold the loader sets, so it reuses the heap
 # instead of faulting in fresh pages (8192-row chunks of the full-size head, 29 MB each: 3.9 s at load; 512 KiB
 # ones, 146 rows: 0.5-1.0 s; the same values)
 _CHUNK_BYTES = 512 << 10
+
+
+def float64_scores(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """rows [n, D] @ x [D] in float64, the same bits on every CPU whichever rows are scored together.
+
+    Each product of two fp32 values is exact in float64 (24 + 24 significant bits <= 53), and the D products are
+    added in a fixed pairwise order by elementwise additions, each rounded as IEEE 754 prescribes: no matmul
+    kernel, whose summation order may depend on the CPU and the shape, is involved. The error is at most
+    (log2 D + 1) * 2^-53 of the sum of |products|."""
+    n, d = rows.shape
+    width = 1 << (d - 1).bit_length()  # D padded with zeros to a power of 2
+    chunk = max(1, _CHUNK_BYTES // (8 * width))
+    x64 = x.reshape(-1).double()
+    out = torch.empty(n, dtype=torch.float64)
+    for a in range(0, n, chunk):
+        p = torch.nn.functional.pad(rows[a:a + chunk].double() * x64, (0, width - d))
+        while p.shape[1] > 1:
+            half = p.shape[1] // 2
+            p = p[:, :half] + p[:, half:]
+        out[a:a + chunk] = p[:, 0]
+    return out
 
 
 def _onednn_ops():
@@ -59,6 +89,7 @@ class ScreenedArgmax:
         self.scale = torch.empty(n)
         self.quant_norm = torch.empty(n)  # ||w^_i||
         self.weight_slack = torch.empty(n)  # ||w_i - w^_i|| + margin ||w_i||
+        self.row_norm = torch.empty(n)  # ||w_i||: with ||x||, bounds a fp32 head's rounding (the fallback)
         chunk = chunk or max(1, _CHUNK_BYTES // (4 * d))  # rows at a time: no full-size temporary
         for a in range(0, n, chunk):
             w = weight[a:a + chunk].float()  # a view for fp32 weights: never written
@@ -70,11 +101,14 @@ class ScreenedArgmax:
             self.scale[a:a + chunk] = s
             # fp32 norms, widened by 0.1 %: far more than their rounding (~1e-5 relative)
             self.quant_norm[a:a + chunk] = deq.norm(dim=1) * _WIDEN
+            self.row_norm[a:a + chunk] = w.norm(dim=1) * _WIDEN
             self.weight_slack[a:a + chunk] = (w - deq).norm(dim=1) * _WIDEN + _MARGIN * w.norm(dim=1)
         self.packed = self._prepack(q, [2, d])
         del q
         self._zero_points = torch.zeros(n, dtype=torch.int64)
-        self._scores = torch.empty(groups, self.group_size)
+        self._scores = torch.empty(groups, self.group_size, dtype=torch.float64)
+        # any order of D fp32 additions and products is within D * 2^-24 of sum |w_ij x_j| <= ||w_i|| ||x||
+        self._fp32_rounding = max(_MARGIN, 2 * d * 2.0 ** -24)
         self.calls = self.candidates = self.fallbacks = 0  # statistics for the bench
         self.max_candidates = max(64, n // 16)
 
@@ -101,21 +135,23 @@ class ScreenedArgmax:
         x = x.reshape(-1)
         self.calls += 1
         if not bool(torch.isfinite(x).all()):  # no bound holds: let the fp32 head decide, as it would
-            return self._full(x)
-        a, b = self.approximate(x)
-        lower = (a - b).view(self.groups, -1).amax(dim=1, keepdim=True)
-        keep = (a + b).view(self.groups, -1) >= lower
-        rows = keep.view(-1).nonzero().squeeze(1)
+            return fast_linear(x[None], self.weight)[0].view(self.groups, -1).argmax(dim=1)
+        rows = self._candidates(*self.approximate(x))
         if rows.numel() > self.max_candidates:
             self.fallbacks += 1
-            return self._full(x)
-        self.candidates += rows.numel()
-        scores = self._scores.fill_(float("-inf"))
-        scores.view(-1)[rows] = fast_linear(x[None], self.weight.index_select(0, rows))[0]
-        return scores.argmax(dim=1)
+            scores = fast_linear(x[None], self.weight)[0]  # the whole fp32 head, within its rounding bound
+            rows = self._candidates(scores, self.row_norm * (self._fp32_rounding * float(x.double().norm())))
+        else:
+            self.candidates += rows.numel()
+        best = self._scores.fill_(float("-inf"))
+        best.view(-1)[rows] = float64_scores(self.weight.index_select(0, rows), x)
+        return best.argmax(dim=1)
 
-    def _full(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_linear(x[None], self.weight)[0].view(self.groups, -1).argmax(dim=1)
+    def _candidates(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Rows whose score can be their group's largest, given scores a +- b: ascending indices."""
+        lower = (a - b).view(self.groups, -1).amax(dim=1, keepdim=True)
+        keep = (a + b).view(self.groups, -1) >= lower
+        return keep.view(-1).nonzero().squeeze(1)
 
     def stats(self) -> dict:
         return {"calls": self.calls, "mean_candidates": round(self.candidates / max(1, self.calls - self.fallbacks), 1),
@@ -133,7 +169,7 @@ def screens_work() -> bool:
         for _ in range(4):
             x = torch.randn(64, generator=g)
             a, b = screen.approximate(x)
-            exact = (w.double() @ x.double()).float()
+            exact = float64_scores(w, x)
             if not bool(((exact - a).abs() <= b).all()) or not torch.equal(
                     screen(x), exact.view(3, -1).argmax(dim=1)):
                 return False

@@ -1,19 +1,11 @@
-"""Prompt layouts against the spec's tables (official vocabulary), and the SNAC frame mapping."""
+"""Prompt layouts against the spec's tables (official vocabulary)."""
 
 import torch
 
 from omni.config import Vocab
-from omni.tokens import (build_prompt, codes_to_frames, frames_from_delayed, frames_to_codes, whisper_frames)
+from omni.prompt import build_prompt, whisper_frames
 
 V = Vocab()  # official sizes: text 152000, audio 4160
-
-
-def test_special_ids_match_the_official_constants():
-    assert (V.eot, V.pad_t, V.input_t, V.answer_t, V.asr) == (151936, 151937, 151938, 151939, 151940)
-    assert (V.eoa, V.pad_a, V.input_a, V.answer_a, V.image, V.eoimage) == (4096, 4097, 4098, 4099, 4101, 4102)
-    # the per-layer table of spec section 3
-    assert [V.layershift(V.eoa, i) for i in range(7)] == [156096, 160256, 164416, 168576, 172736, 176896, 181056]
-    assert V.layershift(4159, 6) == 181119
 
 
 def test_whisper_frame_count_and_prompt_lengths():
@@ -63,31 +55,3 @@ def test_image_layout_and_one_slot_feature_shift():
     assert p.ids[0, 7].tolist() == [151937] * 56 + [151939]
     assert p.image_slots == (1, 50)
     assert p.audio_slots == (52, 2)  # the first Whisper feature lands on input_a (position 52)
-
-
-def test_snac_frame_order():
-    frames = [[10 * t + j for j in range(7)] for t in range(3)]
-    c0, c1, c2 = frames_to_codes(frames)
-    assert c0.shape == (1, 3) and c1.shape == (1, 6) and c2.shape == (1, 12)
-    t = 2
-    assert c0[0, t] == frames[t][0]
-    assert (c1[0, 2 * t], c1[0, 2 * t + 1]) == (frames[t][1], frames[t][4])
-    assert [int(c2[0, 4 * t + i]) for i in range(4)] == [frames[t][2], frames[t][3], frames[t][5], frames[t][6]]
-
-
-def test_snac_frames_round_trip():
-    g = torch.Generator().manual_seed(1)
-    codes = [torch.randint(0, 4096, (1, n), generator=g) for n in (5, 10, 20)]
-    back = frames_to_codes(codes_to_frames(codes))
-    assert all(torch.equal(a, b) for a, b in zip(codes, back))
-
-
-def test_delay_pattern_undo():
-    # row j at step k holds 1000*j + k: frame f, layer j must come from step f + j + 1
-    rows = [[1000 * j + k for k in range(12)] for j in range(7)]
-    frames = frames_from_delayed(rows)
-    assert len(frames) == 12 - 7
-    assert frames[0] == [1000 * j + j + 1 for j in range(7)]
-    assert frames[4][6] == 6000 + 4 + 7
-    assert frames_from_delayed(rows, n_frames=1, start=2) == [frames[2]]
-    assert frames_from_delayed([r[:7] for r in rows]) == []

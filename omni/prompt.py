@@ -1,7 +1,4 @@
-"""The 8-row prompt layouts of each task and the mapping between delayed token rows and SNAC codes.
-
-Rows 0..6 are the audio layers (global ids, shifted per layer), row 7 is the text layer.
-"""
+"""The tasks and their 8-row prompts: rows 0..6 are the audio layers (global ids, shifted per layer), row 7 the text."""
 
 from __future__ import annotations
 
@@ -9,15 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Vocab
+from .config import N_AUDIO_LAYERS, Vocab
 
 TASKS = ("A1A2", "A1T2", "ASR", "T1A2", "T1T2", "IMAGE_A1A2")
 SPEECH_TASKS = ("A1A2", "T1A2", "IMAGE_A1A2")  # answer with speech + text
 AUDIO_INPUT_TASKS = ("A1A2", "A1T2", "ASR", "IMAGE_A1A2")
 TEXT_INPUT_TASKS = ("T1A2", "T1T2")
-BATCH2_TASKS = ("A1A2", "IMAGE_A1A2")  # row 0 speaks, row 1 writes the text (batch-of-2 text guidance)
-N_AUDIO_LAYERS = 7
-TEXT_ROW = 7
 
 
 @dataclass
@@ -82,34 +76,3 @@ def build_prompt(task: str, v: Vocab, *, n_frames: int = 0, text_ids: list[int] 
         # The official code writes the Whisper features one slot early: onto input_a and the first T-1 pads.
         return Prompt(task, torch.tensor(rows), audio_slots=(n_image + 2, n_frames), image_slots=(1, n_image))
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
-# SNAC frame order: audio layer j of frame t -> (codebook, index within that codebook)
-# depth first: coarse, mid-a, fine-a, fine-b, mid-b, fine-c, fine-d
-FRAME_ORDER = ((0, 1, 0), (1, 2, 0), (2, 4, 0), (2, 4, 1), (1, 2, 1), (2, 4, 2), (2, 4, 3))  # (codebook, stride, offset)
-
-
-def frames_from_delayed(audio_rows: list[list[int]], n_frames: int | None = None, start: int = 0) -> list[list[int]]:
-    """Undo the delay pattern: frame f, layer j is the token generated at step f + j + 1.
-
-    Returns frames [start, start + n_frames) as lists of 7 local ids. By default all complete frames.
-    """
-    n_complete = min(len(r) - j - 1 for j, r in enumerate(audio_rows))
-    end = n_complete if n_frames is None else min(n_complete, start + n_frames)
-    return [[audio_rows[j][f + j + 1] for j in range(N_AUDIO_LAYERS)] for f in range(start, max(start, end))]
-
-
-def frames_to_codes(frames: list[list[int]]) -> list[torch.Tensor]:
-    """7-token frames -> the three SNAC code tensors [1, F], [1, 2F], [1, 4F]."""
-    n = len(frames)
-    codes = [torch.zeros(1, n * s, dtype=torch.long) for s in (1, 2, 4)]
-    for t, frame in enumerate(frames):
-        for j, (book, stride, offset) in enumerate(FRAME_ORDER):
-            codes[book][0, stride * t + offset] = frame[j]
-    return codes
-
-
-def codes_to_frames(codes: list[torch.Tensor]) -> list[list[int]]:
-    """Inverse of frames_to_codes."""
-    n = codes[0].shape[-1]
-    return [[int(codes[book][0, stride * t + offset]) for (book, stride, offset) in FRAME_ORDER] for t in range(n)]
