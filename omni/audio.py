@@ -20,6 +20,10 @@ MAX_AUDIO_BYTES = 100 * 1024 * 1024
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: shorter is almost surely a mistake
 
 
+class UnreadableAudio(OmniInputError):
+    """A file that is not audio any decoder here can read."""
+
+
 def to_mono_float32(data: np.ndarray) -> np.ndarray:
     """int16/int32/uint8/float samples, mono or multi-channel (either axis) -> mono float32 in [-1, 1]."""
     data = np.asarray(data)
@@ -47,7 +51,7 @@ def load_audio(audio, sample_rate: int | None = None) -> np.ndarray:
     if isinstance(audio, tuple) and len(audio) == 2:
         sample_rate, audio = audio
     if isinstance(audio, (str, Path)):
-        audio, sample_rate = _read_file(Path(audio))
+        audio, sample_rate = read_audio_file(Path(audio))
     elif sample_rate is None:
         raise OmniInputError("an audio array needs its sample rate: pass (sample_rate, array)")
     data = to_mono_float32(audio)
@@ -68,7 +72,9 @@ def load_audio(audio, sample_rate: int | None = None) -> np.ndarray:
     return (np.clip(np.round(data * 32768.0), -32768, 32767).astype(np.int16).astype(np.float32) / 32768.0)
 
 
-def _read_file(path: Path) -> tuple[np.ndarray, int]:
+def read_audio_file(path: Path) -> tuple[np.ndarray, int]:
+    """An audio file as it is stored -> (samples, sample rate); clear errors for a missing, empty, oversized or
+    undecodable file. `load_audio` goes on from here; the app reads uploads with it too."""
     import soundfile as sf
 
     check_input_file(path, "audio", MAX_AUDIO_BYTES)
@@ -85,7 +91,8 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
             data, sr = librosa.load(str(path), sr=None, mono=True)
         return data, int(sr)
     except Exception as e:
-        raise OmniInputError(f"cannot decode audio file {path} ({type(e).__name__}); use a WAV, FLAC, OGG or MP3 file") from None
+        raise UnreadableAudio(f"cannot decode audio file {path} ({type(e).__name__}); use a WAV, FLAC, OGG or MP3 "
+                              f"file") from None
 
 
 # -- Whisper encoder -----------------------------------------------------------------------------------

@@ -426,3 +426,30 @@ def test_fifty_turns_with_pictures_keep_memory_bounded(tmp_path):
         assert len(last.audio()) == int(round(last.generated_s() * 24000)) > 0
     finally:
         engine.close()
+
+
+def test_uploads_go_through_the_model_loaders_with_one_picture_limit(tmp_path):
+    """The app reads pictures and audio files with omni's loaders: one size limit (omni.vision.MAX_IMAGE_PIXELS)
+    for the CLI, the API and the page, and the same decoder for files."""
+    from PIL import Image
+
+    import omni
+    from omni.errors import OmniInputError
+    from omni.vision import MAX_IMAGE_PIXELS, ImageTooLarge, open_image
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5)
+    Image.new("1", (side, side)).save(tmp_path / "at_limit.png")
+    Image.new("1", (side + 1, side + 1)).save(tmp_path / "over.png")
+    assert load_image(str(tmp_path / "at_limit.png")).shape == (side, side, 3)
+    with pytest.raises(ValueError, match="too large"):
+        load_image(str(tmp_path / "over.png"))
+    with pytest.raises(ImageTooLarge):  # the model's own loader draws the same line
+        open_image(str(tmp_path / "over.png"))
+    assert open_image(str(tmp_path / "at_limit.png")).size == (side, side)
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    with pytest.raises(OmniInputError):
+        omni.audio.load_audio(str(tmp_path / "notes.wav"))
+    with pytest.raises(ValueError, match="not audio I can read"):
+        load_audio(str(tmp_path / "notes.wav"))
+    with pytest.raises(ValueError, match="not found"):
+        load_audio(str(tmp_path / "missing.wav"))
