@@ -35,6 +35,8 @@ def run_streamlit(args, argv: list[str]) -> int:
 
 
 def _stop_like_ctrl_c(signum, frame) -> None:
+    # once: a second SIGTERM (e.g. `timeout` and `pkill` both signalling) must not break the orderly close
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

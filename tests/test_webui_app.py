@@ -69,3 +69,39 @@ def test_the_page_may_serve_the_folders_of_open_sessions_only(tmp_path):
         assert app.page.allowed_paths == [str(sb.dir)]
     finally:
         app.engine.close()
+
+
+def test_two_sigterms_close_the_app_without_a_traceback(tmp_path):
+    """`timeout` and `pkill` may both signal: the second SIGTERM must not interrupt the orderly close."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", "tiny", "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        while "Model ready" not in (tmp_path / "app.log").read_text() and time.monotonic() < end:
+            time.sleep(0.2)  # up and loaded (Gradio's own start-up requests are done)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)  # the second while the first one's close runs
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "app.log").read_text()
+    assert "closing server" in out and "Traceback" not in out, out[-2000:]
