@@ -24,6 +24,8 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--quantize", choices=["int8"], default=None)
     ap.add_argument("--questions", type=int, default=4, help="spoken questions per setting (default 4)")
+    ap.add_argument("--asr", default="none", help="the stop-command recogniser, as app.py's --asr (default none; "
+                    "with one, a short question is checked for a stop phrase before its answer plays)")
     a = ap.parse_args()
     if a.questions < 1:
         ap.error("--questions must be >= 1")
@@ -50,13 +52,16 @@ def main() -> int:
         print(f"error: {holder['error']}", file=sys.stderr)
         return 2
     model = holder["model"]
+    from webui.interrupt import make_transcriber
+
+    transcriber = make_transcriber(a.asr, a.checkpoint, "cpu")
     waits: dict[bool, list[float]] = {False: [], True: []}
     for i in range(a.questions):
         question = timeline(silence(0.5), speech(QUESTIONS[i % len(QUESTIONS)]), silence(6.0))
         for early in ((False, True) if i % 2 == 0 else (True, False)):  # alternate the order: the VM drifts
             model.forget_audio()  # no features left from the other setting's run
             engine = Engine(model, EngineConfig(max_new_tokens=40, early_encode=early, policy="off"),
-                            options_cls=omni.DecodingOptions)
+                            transcriber=transcriber, options_cls=omni.DecodingOptions)
             s = engine.new_session()
             run_realtime(s, question, until=lambda: bool(s.history) and s.history[-1].status in ("done", "error"))
             s.wait_idle(120)

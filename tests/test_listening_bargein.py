@@ -130,7 +130,11 @@ class SlowStop:
     """Hears "stop omni" in anything longer than half a second, after 1 s of thinking."""
     name = "slow"
 
+    def __init__(self):
+        self.started: list[float] = []
+
     def transcribe(self, audio, prompt=None):
+        self.started.append(time.monotonic())
         time.sleep(1.0)
         return "Stop, Omni." if len(audio) > 8000 else ""
 
@@ -145,8 +149,12 @@ class HearsQuestion:
 def test_a_stop_phrase_with_nothing_to_stop_is_dropped_quietly(tmp_path):
     """Said while nothing plays, "stop omni" is never answered: its answer is held back while the check runs (1 s
     here), then dropped with the turn; nothing is heard and the conversation shows nothing."""
-    model, engine, s = make(SlowStop(), tmp_path, speed=20.0)
+    asr = SlowStop()
+    model, engine, s = make(asr, tmp_path, speed=20.0)
+    asr.started.clear()  # the warm-up call
     played = run_realtime(s, timeline(silence(0.5), speech("stop omni"), silence(3.0)))
+    ended = next(e["t"] for e in s.events if e["ev"] == "turn_detected")
+    assert len(asr.started) == 1 and asr.started[0] < ended  # checked once, begun in the end-of-turn silence
     assert s.history == [] and s.notice == ""
     assert [e["ev"] for e in s.events if e["ev"] == "stop_phrase_dropped"] == ["stop_phrase_dropped"]
     assert all(c.cancel.is_set() for c in model.calls)  # an answer started meanwhile was cancelled

@@ -3,6 +3,7 @@ stop-phrase check of short turns) and the webcam. Part of `Session` (webui/sessi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -19,6 +20,10 @@ from .vad import SpeechStarted, TurnDetector, TurnEnded, load_silero
 from .worker import Job
 
 log = logging.getLogger("webui")
+
+
+def _digest(audio: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(audio).tobytes(), digest_size=16).digest()
 
 
 class Listening:
@@ -71,11 +76,12 @@ class Listening:
             self._event("early_encode_dropped")
             return
         cfg = self.config
-        if not (cfg.early_encode and det.in_speech and det.speech_s >= cfg.vad.min_turn_s
-                and det.trailing_silence_s >= max(cfg.vad.tail_s, EARLY_ENCODE_AFTER_S)):
+        if not (det.in_speech and det.speech_s >= cfg.vad.min_turn_s
+                and det.trailing_silence_s >= max(cfg.vad.tail_s, EARLY_ENCODE_AFTER_S)) or self._assistant_active():
             return
         key = (det.speech_start, det.last_speech_end)
-        if key == self._early_key or self._assistant_active() or not self.shared.worker.idle \
+        self._check_early(key, det.turn_audio())
+        if not cfg.early_encode or key == self._early_key or not self.shared.worker.idle \
                 or not callable(getattr(self.shared.model, "encode_audio", None)):
             return
         self._early_key = key
@@ -129,32 +135,47 @@ class Listening:
             elif isinstance(a, Note):
                 self._event(a.event)
 
+    def _check_early(self, key: tuple[float, float], audio16k: np.ndarray) -> None:
+        """Start the stop-phrase check of a short turn (see _vet_turn) while its end-of-turn silence runs out, as
+        the early encode does: by the end of the turn the result is mostly there, and a question's answer is not
+        held back by the check (nor slowed by it: the model is idle meanwhile)."""
+        checker = self.shared.checker
+        if checker is None or len(audio16k) > self.config.command_max_s * VAD_RATE:
+            return
+        if self._early_check is not None and self._early_check[0] == key:
+            return
+        self._early_check = (key, _digest(audio16k),
+                             self.shared.asr_pool.submit(checker.check, audio16k, "", self.matcher))
+
     def _vet_turn(self, turn: Turn, audio16k: np.ndarray) -> None:
         """A short spoken turn said while nothing played may be a stop phrase ("stop omni" just as an answer
         ended): its answer is generated meanwhile but not played until the check says it is a question; a stop
         phrase drops the turn quietly instead of having it answered."""
         checker = self.shared.checker
+        early, self._early_check = self._early_check, None
         if checker is None or len(audio16k) > self.config.command_max_s * VAD_RATE:
             return
         self._vetting = turn
-        matcher = self.matcher
+        if early is not None and early[1] == _digest(audio16k):
+            check = early[2]  # started during the end-of-turn silence, on this very audio
+        else:
+            check = self.shared.asr_pool.submit(checker.check, audio16k, "", self.matcher)
+        check.add_done_callback(lambda done: self._vetted(turn, done))
 
-        def run():
-            try:
-                res = checker.check(audio16k, "", matcher)
-            except Exception as e:
-                log.error("stop-phrase check failed: %s", e)
-                res = CommandCheck(False, "", None, 0.0, f"error: {e}")
-            with self._lock:
-                if self._vetting is turn:
-                    self._vetting = None
-                only_phrase = res.is_command and len(normalize(res.transcript)) <= len(res.phrase.split()) + 2
-                self._event("turn_vetted", index=turn.index, stop_phrase=only_phrase, transcript=res.transcript)
-                if only_phrase:
-                    self._drop_turn(turn)
-                self._bump()
-
-        self.shared.asr_pool.submit(run)
+    def _vetted(self, turn: Turn, done) -> None:
+        try:
+            res = done.result()
+        except Exception as e:
+            log.error("stop-phrase check failed: %s", e)
+            res = CommandCheck(False, "", None, 0.0, f"error: {e}")
+        with self._lock:
+            if self._vetting is turn:
+                self._vetting = None
+            only_phrase = res.is_command and len(normalize(res.transcript)) <= len(res.phrase.split()) + 2
+            self._event("turn_vetted", index=turn.index, stop_phrase=only_phrase, transcript=res.transcript)
+            if only_phrase:
+                self._drop_turn(turn)
+            self._bump()
 
     def _drop_turn(self, turn: Turn) -> None:
         """Forget a turn that was a stop phrase: its answer is cancelled, its files removed, nothing shown."""

@@ -77,6 +77,7 @@ class Session(Listening, Answering):
         # barge-in
         self._barge = BargeIn()  # the utterance heard over an answer, if any
         self._vetting: Turn | None = None  # a short spoken turn being checked for a stop phrase: not played yet
+        self._early_check: tuple | None = None  # (key, audio digest, future): that check, begun in the silence
         self._camera: tuple[float, np.ndarray] | None = None
         self.interrupts = 0
         self.events: deque[dict] = deque(maxlen=500)  # timeline for tests and the latency panel
