@@ -33,6 +33,7 @@ def main() -> int:
     import omni
     from omni.errors import OmniError
     from webui.engine import Engine, EngineConfig
+    from webui.interrupt import make_transcriber
     from webui.simulate import run_realtime, silence, speech, timeline
 
     holder = {}
@@ -42,6 +43,7 @@ def main() -> int:
             holder["model"] = omni.load_model(a.checkpoint, device="cpu", quantize=a.quantize)
             holder["model"].generate("A1A2", audio=(16000, speech("warm up please")),
                                      options=omni.DecodingOptions(max_new_tokens=12))
+            holder["transcriber"] = make_transcriber(a.asr, a.checkpoint, "cpu")  # here too, as the app does
         except OmniError as e:  # a missing or broken checkpoint: say what, no traceback
             holder["error"] = str(e)
 
@@ -51,10 +53,7 @@ def main() -> int:
     if "error" in holder:
         print(f"error: {holder['error']}", file=sys.stderr)
         return 2
-    model = holder["model"]
-    from webui.interrupt import make_transcriber
-
-    transcriber = make_transcriber(a.asr, a.checkpoint, "cpu")
+    model, transcriber = holder["model"], holder["transcriber"]
     waits: dict[bool, list[float]] = {False: [], True: []}
     for i in range(a.questions):
         question = timeline(silence(0.5), speech(QUESTIONS[i % len(QUESTIONS)]), silence(6.0))

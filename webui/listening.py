@@ -21,10 +21,6 @@ from .worker import Job
 
 log = logging.getLogger("webui")
 
-# A turn this short (its audio, pre-roll included) may be a stop phrase and is checked before it is answered.
-# Longer turns are questions: on 2 cores the recogniser beside the model's Whisper held every answer back ~1 s.
-STOP_PHRASE_MAX_S = 1.6
-
 
 def _digest(audio: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(audio).tobytes(), digest_size=16).digest()
@@ -144,7 +140,7 @@ class Listening:
         the early encode does: by the end of the turn the result is mostly there, and a question's answer is not
         held back by the check (nor slowed by it: the model is idle meanwhile)."""
         checker = self.shared.checker
-        if checker is None or len(audio16k) > STOP_PHRASE_MAX_S * VAD_RATE:
+        if checker is None or len(audio16k) > self.config.command_max_s * VAD_RATE:
             return
         if self._early_check is not None and self._early_check[0] == key:
             return
@@ -157,7 +153,7 @@ class Listening:
         phrase drops the turn quietly instead of having it answered."""
         checker = self.shared.checker
         early, self._early_check = self._early_check, None
-        if checker is None or len(audio16k) > STOP_PHRASE_MAX_S * VAD_RATE:
+        if checker is None or len(audio16k) > self.config.command_max_s * VAD_RATE:
             return
         self._vetting = turn
         if early is not None and early[1] == _digest(audio16k):
