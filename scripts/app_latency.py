@@ -9,7 +9,6 @@ questions) on a checkpoint, with early encoding off and on, and prints `speech_e
 import argparse
 import statistics
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,27 +32,16 @@ def main() -> int:
     import omni
     from omni.errors import OmniError
     from webui.engine import Engine, EngineConfig
-    from webui.interrupt import make_transcriber
-    from webui.simulate import run_realtime, silence, speech, timeline
+    from webui.simulate import load_as_the_app_does, run_realtime, silence, speech, timeline
 
-    holder = {}
-
-    def load():  # on a thread that ends, as the app does (no OpenMP team left beside the model worker's)
-        try:
-            holder["model"] = omni.load_model(a.checkpoint, device="cpu", quantize=a.quantize)
-            holder["model"].generate("A1A2", audio=(16000, speech("warm up please")),
-                                     options=omni.DecodingOptions(max_new_tokens=12))
-            holder["transcriber"] = make_transcriber(a.asr, a.checkpoint, "cpu")  # here too, as the app does
-        except OmniError as e:  # a missing or broken checkpoint: say what, no traceback
-            holder["error"] = str(e)
-
-    t = threading.Thread(target=load)
-    t.start()
-    t.join()
-    if "error" in holder:
-        print(f"error: {holder['error']}", file=sys.stderr)
+    try:
+        model, transcriber = load_as_the_app_does(a.checkpoint, a.quantize, a.asr)
+    except OmniError as e:  # a missing or broken checkpoint: say what, no traceback
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    model, transcriber = holder["model"], holder["transcriber"]
+    except Exception as e:  # e.g. an --asr model that cannot be loaded
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     waits: dict[bool, list[float]] = {False: [], True: []}
     for i in range(a.questions):
         question = timeline(silence(0.5), speech(QUESTIONS[i % len(QUESTIONS)]), silence(6.0))

@@ -71,30 +71,21 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the figures here")
     a = ap.parse_args()
 
-    import omni
     from omni.errors import OmniError
-    from webui.simulate import speech
+    from webui.simulate import load_as_the_app_does
 
-    holder = {}
-
-    def load():  # on a thread that ends, as the app does (no OpenMP team left beside the model worker's)
-        try:
-            holder["model"] = omni.load_model(a.checkpoint, device="cpu", quantize=a.quantize)
-            holder["model"].generate("A1A2", audio=(16000, speech("warm up please")),
-                                     options=omni.DecodingOptions(max_new_tokens=12))
-        except OmniError as e:  # a missing or broken checkpoint: say what, no traceback
-            holder["error"] = str(e)
-
-    t = threading.Thread(target=load)
-    t.start()
-    t.join()
-    if "error" in holder:
-        print(f"error: {holder['error']}", file=sys.stderr)
+    try:
+        model, _ = load_as_the_app_does(a.checkpoint, a.quantize, "none")
+    except OmniError as e:  # a missing or broken checkpoint: say what, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # e.g. an --asr model that cannot be loaded
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     out = {}
     for scenario in (("speech", "text-first") if a.scenario == "both" else (a.scenario,)):
         t0 = time.monotonic()
-        rows = run_scenario(holder["model"], scenario, a.max_new_tokens)
+        rows = run_scenario(model, scenario, a.max_new_tokens)
         out[scenario] = rows
         print(f"scenario {scenario} ({time.monotonic() - t0:.0f} s):")
         for r in rows:

@@ -89,3 +89,32 @@ def run_realtime(session, mic: np.ndarray, extra_s: float = 0.0, echo_gain: floa
     finally:
         session.detach_transport()
     return played
+
+
+def load_as_the_app_does(checkpoint: str, quantize: str | None = None, asr: str = "none"):
+    """(model, stop-command recogniser or None) for a benchmark, loaded as the app loads them: on a thread that ends,
+    with one warm-up request. A long-lived thread that ran torch or CTranslate2 keeps a thread team that slows the
+    model worker (a recogniser made on the main thread read 1 s slower). Raises OmniError for a bad checkpoint."""
+    import threading
+
+    import omni
+
+    from .interrupt import make_transcriber
+
+    out: dict = {}
+
+    def load():
+        try:
+            model = omni.load_model(checkpoint, device="cpu", quantize=quantize)
+            model.generate("A1A2", audio=(16000, speech("warm up please")),
+                           options=omni.DecodingOptions(max_new_tokens=12))
+            out["loaded"] = model, make_transcriber(asr, checkpoint, "cpu")
+        except Exception as e:  # handed to the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=load)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["loaded"]
