@@ -94,7 +94,6 @@ class StepperPool:
         for s in steppers:
             s.pool = self
             self._free.setdefault(s.batch, []).append(s)
-        self.size = {b: len(v) for b, v in self._free.items()}
 
     def take(self, batch: int) -> StaticStepper | None:
         """A free stepper for `batch` rows, or None (none of that size, or all lent)."""

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from omni.events import AudioChunk, TextDelta
+
 log = logging.getLogger("webui")
 
 
@@ -90,13 +92,10 @@ class Job:
     paused_s: float = 0.0  # time started but not computing (gated, or another answer's turn): not model time
     events: Iterator[Any] | None = None
     _last_step: float | None = None
-    _turn: int = -1  # the worker's count of advances when this job was last advanced (round-robin order)
     first_output: bool = False  # its first speech (a speech answer) or text (a text answer) has come
 
 
 def _is_first_output(job: Job, ev) -> bool:
-    from omni.events import AudioChunk, TextDelta
-
     return isinstance(ev, AudioChunk if job.task.endswith("A2") else TextDelta)  # speech tasks end in A2
 
 
@@ -117,7 +116,6 @@ class ModelWorker:
         self.max_active = max(1, max_active)
         self._jobs: deque[Job] = deque()
         self._active: list[Job] = []  # started, in the order they started
-        self._turns = 0
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="model-worker", daemon=True)
@@ -179,7 +177,7 @@ class ModelWorker:
         waiting_first = [j for j in ready if not j.first_output]
         if waiting_first:
             return min(waiting_first, key=lambda j: j.submitted)
-        return min(ready, key=lambda j: j._turn) if ready else None
+        return min(ready, key=lambda j: j._last_step or 0.0) if ready else None  # the least recently advanced
 
     def _loop(self) -> None:
         try:
@@ -216,8 +214,6 @@ class ModelWorker:
                 job.events = iter(self.model.stream(job.task, options=opts, cancel=job.cancel, **job.inputs))
             elif job._last_step is not None:
                 job.paused_s += now - job._last_step
-            self._turns += 1
-            job._turn = self._turns
             ev = next(job.events)
             job._last_step = time.monotonic()
             job.first_output = job.first_output or _is_first_output(job, ev)
