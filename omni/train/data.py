@@ -1,0 +1,117 @@
+"""Manifest samples -> training examples: questions through the frozen encoders, answers tokenised and (for speech)
+SNAC-encoded into 7-token frames; each example in the form its stage trains (text answer or speech answer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import audio as audio_io
+from ..config import Vocab
+from ..errors import OmniInputError
+from ..prompt import whisper_frames
+from ..speech import FRAME_ORDER
+from ..vision import open_image, preprocess
+from .manifest import ManifestError, Sample
+from .sequence import SPEECH_FORM, TEXT_FORM, Example, build_example
+from .stages import Stage
+
+SNAC_RATE = 24000
+
+
+def kind(sample: Sample) -> str:
+    if sample.image is not None:
+        return "image"
+    if sample.audio is not None:
+        return "asr" if sample.asr else "audio"
+    return "text"
+
+
+def task_for(sample: Sample, stage: Stage) -> str | None:
+    """The task a sample trains in this stage, or None where the stage does not use it."""
+    k = kind(sample)
+    if stage.audio_only and k == "text":
+        return None
+    if stage.answers == "speech" and sample.has_speech_target and k in SPEECH_FORM:
+        return SPEECH_FORM[k]
+    return TEXT_FORM[k]
+
+
+def codes_to_frames(codes: list[torch.Tensor]) -> list[list[int]]:
+    """SNAC's three code rows [1, F], [1, 2F], [1, 4F] -> F frames of 7 in the model's order (spec §9.2)."""
+    n = codes[0].shape[-1]
+    return [[int(codes[book][0, stride * t + offset]) for book, stride, offset in FRAME_ORDER] for t in range(n)]
+
+
+@torch.no_grad()
+def snac_frames(snac, path) -> list[list[int]]:
+    """An audio file -> its SNAC frames (24 kHz mono)."""
+    data, rate = audio_io.read_audio_file(path)
+    wave = audio_io.to_mono_float32(data)
+    if rate != SNAC_RATE:
+        import soxr
+
+        wave = soxr.resample(wave, rate, SNAC_RATE, quality="HQ").astype(np.float32)
+    p = next(snac.parameters())
+    return codes_to_frames(snac.encode(torch.from_numpy(wave)[None, None].to(p.device, p.dtype)))
+
+
+class Encoder:
+    """The frozen parts that turn a sample's files into features and codes (Whisper, CLIP, SNAC, tokenizer)."""
+
+    def __init__(self, parts):
+        self.parts, self.vocab = parts, Vocab.of(parts.cfg)
+
+    @torch.no_grad()
+    def audio_features(self, path) -> torch.Tensor:
+        samples = audio_io.load_audio(path)
+        n = min(whisper_frames(len(samples)), self.parts.whisper_dims.n_audio_ctx)
+        mel = audio_io.log_mel(samples)[None]
+        return audio_io.whisper_encode(self.parts.whisper, mel, n)[0].float()
+
+    @torch.no_grad()
+    def image_features(self, path) -> torch.Tensor:
+        clip = self.parts.clip
+        pixels = preprocess(open_image(path), clip.dims.image_size).to(next(clip.parameters()).dtype)
+        return clip(pixels)[0].float()
+
+    def example(self, sample: Sample, task: str) -> Example:
+        """Raises ManifestError naming the sample's line when a file cannot be read."""
+        try:
+            return self._example(sample, task)
+        except ManifestError:
+            raise
+        except (OmniInputError, OSError, RuntimeError, ValueError) as e:
+            raise ManifestError(f"{sample.where}: {str(e).splitlines()[0]}") from None
+
+    def _example(self, sample: Sample, task: str) -> Example:
+        tok, v = self.parts.tokenizer, self.vocab
+        answer = tok.encode(sample.target_text).ids
+        audio = self.audio_features(sample.audio) if sample.audio is not None else None
+        image = self.image_features(sample.image) if sample.image is not None else None
+        frames = None
+        if task in SPEECH_FORM.values():
+            frames = [list(f) for f in sample.target_codes] if sample.target_codes is not None else \
+                snac_frames(self.parts.snac, sample.target_speech)
+        question = tok.encode(sample.text).ids if sample.text is not None else None
+        ex = build_example(task, v, answer_ids=answer, frames=frames, question_ids=question,
+                           n_frames=0 if audio is None else audio.shape[0],
+                           n_image=0 if image is None else image.shape[0])
+        ex.audio_features, ex.image_features = audio, image
+        return ex
+
+
+def stage_examples(encoder: Encoder, samples: list[Sample], stage: Stage, say=print) -> list[Example]:
+    examples = []
+    for s in samples:
+        task = task_for(s, stage)
+        if task is not None:
+            examples.append(encoder.example(s, task))
+    if not examples:
+        raise OmniInputError(f"stage {stage.name} uses no sample of this manifest (it needs "
+                             f"{'spoken questions' if stage.audio_only else 'samples'}); see docs/training.md")
+    tasks = {}
+    for ex in examples:
+        tasks[ex.task] = tasks.get(ex.task, 0) + 1
+    say(f"stage {stage.name}: {len(examples)} examples ({', '.join(f'{k} {n}' for k, n in sorted(tasks.items()))})")
+    return examples
