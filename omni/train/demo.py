@@ -13,15 +13,16 @@ from .loop import StageRun, write_summary
 DEMO_PLAN = (("1", dict(steps=60, lr_adapters=3e-3)),
              ("2", dict(steps=60, lr_llm=3e-3)),
              ("3", dict(steps=80, lr_adapters=3e-3, lr_llm=3e-3)))
+DEMO_SIZE = (12, 4)  # spoken questions, pictures
 
 
-def run_demo(out: Path, base: TrainConfig, n_questions: int = 12, n_images: int = 4) -> dict:
+def run_demo(out: Path, base: TrainConfig) -> dict:
     from ..random_checkpoint import make_tiny_checkpoint
     from .synthetic import build_synthetic
 
     out.mkdir(parents=True, exist_ok=True)
     init = make_tiny_checkpoint(out / "init", seed=base.seed)
-    manifest = build_synthetic(out / "data", init, n_questions, n_images, seed=base.seed)
+    manifest = build_synthetic(out / "data", init, *DEMO_SIZE, seed=base.seed)
     previous = init
     for stage, plan in DEMO_PLAN:
         cfg = replace(base, stage=stage, warmup_steps=5, batch_size=4, **plan)
