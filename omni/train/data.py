@@ -10,7 +10,7 @@ from .. import audio as audio_io
 from ..config import Vocab
 from ..errors import OmniInputError
 from ..prompt import whisper_frames
-from ..speech import FRAME_ORDER
+from ..listen import codes_to_frames
 from ..vision import open_image, preprocess
 from .manifest import ManifestError, Sample
 from .sequence import SPEECH_FORM, TEXT_FORM, Example, build_example
@@ -29,18 +29,16 @@ def kind(sample: Sample) -> str:
 
 def task_for(sample: Sample, stage: Stage) -> str | None:
     """The task a sample trains in this stage, or None where the stage does not use it."""
+    if (sample.stream is not None) != (stage.answers == "status"):
+        return None  # listening streams train the irq stage only, and only they do
+    if sample.stream is not None:
+        return "LISTEN"
     k = kind(sample)
     if stage.audio_only and k == "text":
         return None
     if stage.answers == "speech" and sample.has_speech_target and k in SPEECH_FORM:
         return SPEECH_FORM[k]
     return TEXT_FORM[k]
-
-
-def codes_to_frames(codes: list[torch.Tensor]) -> list[list[int]]:
-    """SNAC's three code rows [1, F], [1, 2F], [1, 4F] -> F frames of 7 in the model's order (spec §9.2)."""
-    n = codes[0].shape[-1]
-    return [[int(codes[book][0, stride * t + offset]) for book, stride, offset in FRAME_ORDER] for t in range(n)]
 
 
 @torch.no_grad()
@@ -86,6 +84,10 @@ class Encoder:
 
     def _example(self, sample: Sample, task: str) -> Example:
         tok, v = self.parts.tokenizer, self.vocab
+        if task == "LISTEN":
+            from .interrupt import listen_example
+
+            return listen_example(self.parts, sample)
         answer = tok.encode(sample.target_text).ids
         audio = self.audio_features(sample.audio) if sample.audio is not None else None
         image = self.image_features(sample.image) if sample.image is not None else None

@@ -18,6 +18,7 @@ from ..loading import read_parts
 from .config import TrainConfig
 from .data import Encoder, stage_examples
 from .forward import batch_loss
+from .interrupt import declare_tokens, evaluate, write_token_declaration
 from .manifest import read_manifest
 from .output import copy_frozen_files, load_state, save_state, save_weights
 from .plot import plot_losses
@@ -50,7 +51,7 @@ def example_index(i: int, n: int, seed: int) -> int:
 
 class StageRun:
     def __init__(self, cfg: TrainConfig, manifest: Path, init: Path, out: Path, resume: bool = False,
-                 snac_dir: Path | None = None, say=print):
+                 snac_dir: Path | None = None, say=print, eval_manifest: Path | None = None):
         cfg.validate()
         self.cfg, self.out, self.say, self.stage = cfg, Path(out), say, STAGES[cfg.stage]
         if cfg.threads:
@@ -67,11 +68,16 @@ class StageRun:
         parts = read_parts(source, snac_dir if (snac_dir and not resume) else source / "snac_24khz", lambda m: None)
         if not resume:
             copy_frozen_files(Path(init), self.out, snac_dir)
+        if self.stage.answers == "status":
+            declare_tokens(parts)  # before the examples: their labels are these tokens
         self.lm = parts.lm.to(self.device)
         self.groups = select_trainable(self.lm, self.stage)
         for line in describe(self.lm, self.groups):
             say(line)
-        self.examples = stage_examples(Encoder(parts), self.samples, self.stage, say)
+        encoder = Encoder(parts)
+        self.examples = stage_examples(encoder, self.samples, self.stage, say)
+        self.eval_examples = stage_examples(encoder, read_manifest(eval_manifest), self.stage, say) \
+            if eval_manifest else None
         self.lrs = peak_lrs(self.stage, cfg)
         self.optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": self.lrs[part][0], "part": part} for part, ps in self.groups.items()],
@@ -136,9 +142,15 @@ class StageRun:
                     self.out / f"loss_stage{self.stage.name}.png", f"stage {self.stage.name} training loss")
         memory = memory_figure(self.device)
         self.say(f"stage {self.stage.name}: {ran} steps, {s_per_step:.3f} s/step, {memory}")
-        return {"first_loss": records[0]["loss"] if records else None,
-                "last_loss": records[-1]["loss"] if records else None, "steps": len(records),
-                "s_per_step": round(s_per_step, 4), "memory": memory}
+        summary = {"first_loss": records[0]["loss"] if records else None,
+                   "last_loss": records[-1]["loss"] if records else None, "steps": len(records),
+                   "s_per_step": round(s_per_step, 4), "memory": memory}
+        if self.stage.answers == "status":
+            measured = evaluate(self.lm, self.eval_examples or self.examples)
+            measured["held_out"] = self.eval_examples is not None
+            self.say(f"interruption on {'held-out' if measured['held_out'] else 'training'} streams: {measured}")
+            summary.update(measured)
+        return summary
 
     def _kept_log(self) -> list[dict]:
         """The log's records up to the resumed step (later ones were never checkpointed); the file is rewritten."""
@@ -151,6 +163,8 @@ class StageRun:
 
     def save(self, step: int) -> None:
         save_weights(self.lm, self.out)
+        if self.stage.answers == "status":
+            write_token_declaration(self.out, self.lm.cfg)
         save_state(self.out, step, self.optimizer, self.cfg.to_dict(), self.stage.name)
 
 

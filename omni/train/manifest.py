@@ -9,6 +9,10 @@ Fields (paths relative to the manifest's folder):
   target_codes   the answer as SNAC frames: [[7 codes 0..4095] per 85 ms frame]       } speech stages need one
   task           optional: "ASR" marks a transcription pair (audio -> its transcript); default: a question
   id             optional: a name for messages
+A listening stream for the irq stage (spec §11) is a line of its own:
+  stream         audio the model hears while it speaks (noise, music, other speech, maybe "stop omni")
+  command_end    seconds into the stream where "stop omni" has been said, or null where it is not said
+  background     optional label for reports: "noise", "music", "speech", ...
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from ..errors import OmniInputError
 
 FIELDS = {"audio", "text", "image", "target_text", "target_speech", "target_codes", "task", "id"}
+STREAM_FIELDS = {"stream", "command_end", "background", "id"}
 FRAME_WIDTH = 7  # SNAC tokens per 85 ms frame (spec §9.2)
 
 
@@ -37,6 +42,9 @@ class Sample:
     target_speech: Path | None = None
     target_codes: tuple[tuple[int, ...], ...] | None = None
     asr: bool = False
+    stream: Path | None = None  # a listening stream (irq stage)
+    command_end: float | None = None
+    background: str = ""
 
     @property
     def has_speech_target(self) -> bool:
@@ -66,6 +74,8 @@ def parse_line(line: str, where: str, root: Path, n_codes: int = 4096) -> Sample
         raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    if "stream" in raw:
+        return _stream_line(raw, where, root)
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise ManifestError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(FIELDS))}")
@@ -91,6 +101,18 @@ def parse_line(line: str, where: str, root: Path, n_codes: int = 4096) -> Sample
     codes = _codes(raw["target_codes"], where, n_codes) if "target_codes" in raw else None
     return Sample(where, files.get("audio"), text, files.get("image"), target, files.get("target_speech"), codes,
                   task == "ASR")
+
+
+def _stream_line(raw: dict, where: str, root: Path) -> Sample:
+    unknown = sorted(set(raw) - STREAM_FIELDS)
+    if unknown:
+        raise ManifestError(f"{where}: a stream line has only {', '.join(sorted(STREAM_FIELDS))}; not "
+                            f"{', '.join(unknown)}")
+    end = raw.get("command_end")
+    if end is not None and (not isinstance(end, (int, float)) or isinstance(end, bool) or end <= 0):
+        raise ManifestError(f"{where}: \"command_end\" must be seconds > 0, or null where no command is said")
+    return Sample(where, stream=_file(raw["stream"], "stream", where, root), command_end=end,
+                  background=str(raw.get("background", "")))
 
 
 def _file(value, key: str, where: str, root: Path) -> Path:

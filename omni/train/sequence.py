@@ -36,6 +36,7 @@ class Example:
     audio_features: torch.Tensor | None = None  # [T, whisper width], frozen Whisper output
     image_features: torch.Tensor | None = None  # [n_image, clip width], frozen CLIP output
     prompt_length: int = 0
+    meta: dict | None = None  # what evaluations need (the irq stage: the command's frame, the background)
 
     @property
     def length(self) -> int:

@@ -14,7 +14,8 @@ LLM = ("transformer",)  # the Qwen2 body; its wte is also the (tied) head
 class Stage:
     name: str
     trains: tuple[str, ...]  # parts: "adapters", "llm"
-    answers: str  # "text": every sample in its text-answer form; "speech": speech form where a target speech exists
+    answers: str  # "text": every sample in its text-answer form; "speech": speech form where a target speech exists;
+    # "status": the listening streams, labelled n-irq / irq frame by frame
     audio_only: bool  # only samples with a spoken question (the adapters need an input to adapt)
     lr: dict[str, tuple[float, float]]  # part -> (peak, end)
     what: str
@@ -27,6 +28,8 @@ STAGES = {
                "modality alignment: adapters frozen, LLM trained on text answers to text, voice and image questions"),
     "3": Stage("3", ("adapters", "llm"), "speech", False, {"adapters": (2e-5, 2e-6), "llm": (2e-5, 2e-6)},
                "multimodal output: adapters and LLM trained on text + speech answers (delayed rows, batch of 2)"),
+    "irq": Stage("irq", ("llm",), "status", False, {"llm": (2e-5, 2e-6)},
+                 "semantic interruption: LLM trained to say n-irq / irq after each SNAC frame of a listening row"),
 }
 
 
