@@ -139,6 +139,9 @@ def test_each_stage_trains_its_parts_only_and_its_loss_falls(tiny_ckpt, synth, t
     log = [json.loads(x) for x in (tmp_path / "out" / f"loss_stage{stage}.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 11))
     assert (tmp_path / "out" / f"loss_stage{stage}.png").read_bytes()[:4] == b"\x89PNG"
+    # the official layout, its config file as it was (the official code's Config takes no unknown keys)
+    assert (tmp_path / "out" / "model_config.yaml").read_bytes() == (tiny_ckpt / "model_config.yaml").read_bytes()
+    assert not omni.checkpoint.missing_files(tmp_path / "out")
     if stage == "3":
         assert {ex.task for ex in run.examples} >= {"A1A2", "T1A2", "IMAGE_A1A2"} and "audio_loss" in log[0]
 
@@ -186,11 +189,79 @@ def test_a_tiny_model_memorises_answers_and_says_them_through_generate(tiny_ckpt
 
 def test_demo_writes_the_summary_of_every_stage(tmp_path, run_cli, monkeypatch):
     monkeypatch.setattr(demo_module, "DEMO_PLAN", tuple((s, {**p, "steps": 3}) for s, p in demo_module.DEMO_PLAN))
-    monkeypatch.setattr(demo_module, "DEMO_SIZE", (2, 1))
+    monkeypatch.setattr(demo_module, "DEMO_SIZE", (2, 1, 3, 3))
     rc, out, err = run_cli("train", "--demo", "--out", tmp_path, "--threads", 1)
     assert rc == 0, err
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert set(summary["stages"]) == {"1", "2", "3"}
+    assert set(summary["stages"]) == {"1", "2", "3", "irq"}
+    assert {"accuracy", "false_interrupts", "detection_delay_frames"} <= set(summary["stages"]["irq"])
     for entry in summary["stages"].values():
         assert entry["steps"] == 3 and entry["first_loss"] > 0 and entry["last_loss"] > 0
-    assert (tmp_path / "stage3" / "lit_model.pth").is_file()
+    assert (tmp_path / "stageirq" / "lit_model.pth").is_file()
+
+
+# -- the semantic interruption ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory) -> Path:
+    from omni.train.interrupt_data import build_interrupt_set
+
+    return build_interrupt_set(tmp_path_factory.mktemp("streams"), n_streams=6, seconds=2.0, seed=3)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"stream": "s.wav", "command_end": -1}', "seconds > 0"),
+    ('{"stream": "s.wav", "target_text": "x"}', "not target_text"),
+    ('{"stream": "missing.wav"}', "stream file not found"),
+])
+def test_a_bad_stream_line_is_named(tmp_path, media, line, message):
+    (tmp_path / "s.wav").write_bytes(media["speech16k"].read_bytes())
+    (tmp_path / "m.jsonl").write_text(line + "\n")
+    with pytest.raises(ManifestError, match=f"m.jsonl line 1: .*{message}"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_a_stream_is_labelled_n_irq_until_the_command_is_heard_then_irq(tiny_ckpt, streams):
+    from omni.loading import read_parts
+    from omni.prompt import listen_layout
+    from omni.train.interrupt import command_frame, declare_tokens, listen_example
+
+    parts = read_parts(tiny_ckpt, tiny_ckpt / "snac_24khz", lambda m: None)
+    declare_tokens(parts)
+    irq, n_irq = parts.cfg.irq_token, parts.cfg.n_irq_token
+    assert (irq, n_irq) == (151941, 151942)
+    with_command = [s for s in read_manifest(streams) if s.command_end is not None][0]
+    ex = listen_example(parts, with_command)
+    end, F = command_frame(with_command.command_end), ex.length - 1
+    assert F == int(2.0 * 24000) // 2048 and 0 < end < F
+    assert ex.text_targets[0].tolist() == [IGNORE] + [n_irq] * end + [irq] * (F - end)
+    assert torch.equal(ex.ids[0, :, :1], torch.tensor(listen_layout(V, [])))
+    assert (ex.audio_targets == IGNORE).all()
+
+
+def test_the_irq_stage_declares_its_tokens_and_the_listener_gives_the_trained_signal(tiny_ckpt, tiny_model, streams,
+                                                                                     tmp_path):
+    from omni.errors import OmniInputError
+    from omni.train.interrupt import irq_probabilities
+
+    out = tmp_path / "irq"
+    run = StageRun(config("irq", steps=12, batch_size=4), streams, tiny_ckpt, out, eval_manifest=streams)
+    summary = run.run()
+    assert summary["last_loss"] < 0.5 * summary["first_loss"]
+    assert 0 <= summary["accuracy"] <= 1 and summary["streams"] == 6
+    assert set(summary["false_interrupts"]) == {"noise", "music", "speech"}
+    cfg = ModelConfig.from_file(out / "model_config.yaml")
+    assert (cfg.irq_token, cfg.n_irq_token) == (151941, 151942)
+    model = omni.load_model(out, device="cpu")
+    assert model.has_interrupt
+    # the live listener, fed the stream in uneven pieces, says what the training forward says frame by frame
+    from omni.train.interrupt import read_stream
+
+    ex = run.eval_examples[0]
+    wave = read_stream(read_manifest(streams)[0].stream)
+    listener = model.interrupt_listener()
+    live = listener.add(wave[:5000]) + listener.add(wave[5000:11111]) + listener.add(wave[11111:])
+    assert live == pytest.approx(irq_probabilities(run.lm, ex), abs=1e-4)
+    # a checkpoint without the tokens says so
+    assert not tiny_model.has_interrupt
+    with pytest.raises(OmniInputError, match="no interruption tokens"):
+        tiny_model.interrupt_listener()
