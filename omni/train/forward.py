@@ -52,9 +52,11 @@ def hidden_states(lm: OmniLM, x: torch.Tensor, grad_checkpointing: bool = False)
     return lm.transformer.ln_f(x)
 
 
-def batch_loss(lm: OmniLM, examples: list[Example], grad_checkpointing: bool = False) -> tuple[torch.Tensor, dict]:
+def batch_loss(lm: OmniLM, examples: list[Example], grad_checkpointing: bool = False,
+               status_tokens: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict]:
     """Mean cross-entropy of the text head over its target positions plus that of the 7 audio heads over theirs.
-    Logits are computed only where a head has a target (the text head is 152k wide)."""
+    Logits are computed only where a head has a target (the text head is 152k wide). With `status_tokens`
+    (irq, n_irq) the text head chooses between those two rows only, as the listener reads it (omni/listen.py)."""
     rows = [embed(lm, ex) for ex in examples]
     L = max(r.shape[1] for r in rows)
     x = torch.cat([F.pad(r, (0, 0, 0, L - r.shape[1])) for r in rows])
@@ -63,7 +65,11 @@ def batch_loss(lm: OmniLM, examples: list[Example], grad_checkpointing: bool = F
     h = hidden_states(lm, x, grad_checkpointing)
     cfg, w = lm.cfg, lm.lm_head.weight
     text_at = text_t != IGNORE
-    loss = text_loss = F.cross_entropy(F.linear(h[text_at], w[: cfg.text_vocab_size]).float(), text_t[text_at])
+    if status_tokens is not None:
+        rows, targets = w[list(status_tokens)], (text_t[text_at] == status_tokens[1]).long()  # irq 0, n-irq 1
+    else:
+        rows, targets = w[: cfg.text_vocab_size], text_t[text_at]
+    loss = text_loss = F.cross_entropy(F.linear(h[text_at], rows).float(), targets)
     parts = {"text_loss": float(text_loss.detach())}
     audio_at = (audio_t != IGNORE).any(dim=1)
     if bool(audio_at.any()):

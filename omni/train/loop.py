@@ -18,6 +18,7 @@ from ..loading import read_parts
 from .config import TrainConfig
 from .data import Encoder, stage_examples
 from .forward import batch_loss
+from ..listen import interrupt_tokens
 from .interrupt import declare_tokens, evaluate, write_token_declaration
 from .manifest import read_manifest
 from .output import copy_frozen_files, load_state, save_state, save_weights
@@ -68,8 +69,10 @@ class StageRun:
         parts = read_parts(source, snac_dir if (snac_dir and not resume) else source / "snac_24khz", lambda m: None)
         if not resume:
             copy_frozen_files(Path(init), self.out, snac_dir)
+        self.status_tokens = None
         if self.stage.answers == "status":
             declare_tokens(parts)  # before the examples: their labels are these tokens
+            self.status_tokens = interrupt_tokens(parts.cfg)
         self.lm = parts.lm.to(self.device)
         self.groups = select_trainable(self.lm, self.stage)
         for line in describe(self.lm, self.groups):
@@ -108,7 +111,7 @@ class StageRun:
                      for b in range(cfg.batch_size)]
             with autocast:
                 loss, pieces = batch_loss(self.lm, [to_device(ex, self.device) for ex in batch],
-                                          cfg.grad_checkpointing)
+                                          cfg.grad_checkpointing, self.status_tokens)
             (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
             for k, v in pieces.items():
