@@ -32,7 +32,8 @@ def synth(tiny_ckpt, tmp_path_factory) -> Path:
 
 
 def config(stage: str, **kw) -> TrainConfig:
-    base = dict(stage=stage, steps=8, batch_size=4, warmup_steps=2, lr_adapters=3e-3, lr_llm=3e-3, threads=1)
+    base = {"stage": stage, "steps": 8, "batch_size": 4, "warmup_steps": 2, "lr_adapters": 3e-3, "lr_llm": 3e-3,
+            "threads": 1}
     return TrainConfig(**{**base, **kw})
 
 
@@ -147,7 +148,7 @@ def test_each_stage_trains_its_parts_only_and_its_loss_falls(tiny_ckpt, synth, t
 
 
 def test_resume_gives_the_losses_of_an_uninterrupted_run(tiny_ckpt, synth, tmp_path, monkeypatch):
-    cfg = dict(steps=6, batch_size=2, grad_accum=2, save_every=3)
+    cfg = {"steps": 6, "batch_size": 2, "grad_accum": 2, "save_every": 3}
     StageRun(config("3", **cfg), synth, tiny_ckpt, tmp_path / "a").run()
     whole = [json.loads(x)["loss"] for x in (tmp_path / "a" / "loss_stage3.jsonl").read_text().splitlines()]
 
@@ -190,7 +191,7 @@ def test_a_tiny_model_memorises_answers_and_says_them_through_generate(tiny_ckpt
 def test_demo_writes_the_summary_of_every_stage(tmp_path, run_cli, monkeypatch):
     monkeypatch.setattr(demo_module, "DEMO_PLAN", tuple((s, {**p, "steps": 3}) for s, p in demo_module.DEMO_PLAN))
     monkeypatch.setattr(demo_module, "DEMO_SIZE", (2, 1, 3, 3))
-    rc, out, err = run_cli("train", "--demo", "--out", tmp_path, "--threads", 1)
+    rc, _out, err = run_cli("train", "--demo", "--out", tmp_path, "--threads", 1)
     assert rc == 0, err
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert set(summary["stages"]) == {"1", "2", "3", "irq"}
@@ -229,7 +230,7 @@ def test_a_stream_is_labelled_n_irq_until_the_command_is_heard_then_irq(tiny_ckp
     declare_tokens(parts)
     irq, n_irq = parts.cfg.irq_token, parts.cfg.n_irq_token
     assert (irq, n_irq) == (151941, 151942)
-    with_command = [s for s in read_manifest(streams) if s.command_end is not None][0]
+    with_command = next(s for s in read_manifest(streams) if s.command_end is not None)
     ex = listen_example(parts, with_command)
     end, F = command_frame(with_command.command_end), ex.length - 1
     assert F == int(2.0 * 24000) // 2048 and 0 < end < F

@@ -9,8 +9,8 @@ import torch
 from .. import audio as audio_io
 from ..config import Vocab
 from ..errors import OmniInputError
-from ..prompt import whisper_frames
 from ..listen import codes_to_frames
+from ..prompt import whisper_frames
 from ..vision import open_image, preprocess
 from .manifest import ManifestError, Sample
 from .sequence import SPEECH_FORM, TEXT_FORM, Example, build_example

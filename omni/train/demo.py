@@ -11,10 +11,10 @@ from .config import TrainConfig
 from .loop import StageRun, write_summary
 
 # steps and peak learning rates for a 64-wide random model (the paper's rates are for the real one)
-DEMO_PLAN = (("1", dict(steps=60, lr_adapters=3e-3)),
-             ("2", dict(steps=60, lr_llm=3e-3)),
-             ("3", dict(steps=80, lr_adapters=3e-3, lr_llm=3e-3)),
-             ("irq", dict(steps=60, lr_llm=3e-3, batch_size=8)))
+DEMO_PLAN = (("1", {"steps": 60, "lr_adapters": 3e-3}),
+             ("2", {"steps": 60, "lr_llm": 3e-3}),
+             ("3", {"steps": 80, "lr_adapters": 3e-3, "lr_llm": 3e-3}),
+             ("irq", {"steps": 60, "lr_llm": 3e-3, "batch_size": 8}))
 DEMO_SIZE = (12, 4, 24, 12)  # spoken questions, pictures, listening streams to train on, held-out streams
 
 

@@ -59,13 +59,19 @@ def command_frame(command_end: float) -> int:
 
 def listen_example(parts, sample: Sample) -> Example:
     frames = StreamEncoder(parts.snac).add(read_stream(sample.stream))
-    irq, n_irq = interrupt_tokens(parts.cfg)
-    end = len(frames) if sample.command_end is None else command_frame(sample.command_end)
-    ids = torch.tensor(listen_layout(Vocab.of(parts.cfg), frames))[None]  # [1, 8, F + 1]
+    end = None if sample.command_end is None else command_frame(sample.command_end)
+    return frames_example(parts.cfg, frames, end, sample.background)
+
+
+def frames_example(cfg, frames: list[list[int]], end: int | None, background: str = "") -> Example:
+    """The listening row over these SNAC frames, labelled n-irq before frame `end` (None: never) and irq from it."""
+    irq, n_irq = interrupt_tokens(cfg)
+    ids = torch.tensor(listen_layout(Vocab.of(cfg), frames))[None]  # [1, 8, F + 1]
     text = torch.full((1, ids.shape[-1]), IGNORE, dtype=torch.long)
-    text[0, 1:] = torch.tensor([n_irq if f < end else irq for f in range(len(frames))])  # position f+1 saw frame f
+    stop = len(frames) if end is None else end
+    text[0, 1:] = torch.tensor([n_irq if f < stop else irq for f in range(len(frames))])  # position f+1 saw frame f
     ex = Example("LISTEN", ids, text, torch.full((1, 7, ids.shape[-1]), IGNORE, dtype=torch.long))
-    ex.meta = {"command_frame": None if sample.command_end is None else end, "background": sample.background}
+    ex.meta = {"command_frame": end, "background": background}
     return ex
 
 

@@ -14,11 +14,11 @@ import torch
 from ..checkpoint import check_files
 from ..device import peak_rss_mb, resolve_device
 from ..errors import OmniInputError
+from ..listen import interrupt_tokens
 from ..loading import read_parts
 from .config import TrainConfig
 from .data import Encoder, stage_examples
 from .forward import batch_loss
-from ..listen import interrupt_tokens
 from .interrupt import declare_tokens, evaluate, write_token_declaration
 from .manifest import read_manifest
 from .output import copy_frozen_files, load_state, save_state, save_weights
@@ -82,15 +82,19 @@ class StageRun:
         self.eval_examples = stage_examples(encoder, read_manifest(eval_manifest), self.stage, say) \
             if eval_manifest else None
         self.lrs = peak_lrs(self.stage, cfg)
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer, self.start = self._optimizer()
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, int]:
+        """AdamW with one group per trained part, and the step to start at (the saved state's with --resume)."""
+        optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": self.lrs[part][0], "part": part} for part, ps in self.groups.items()],
-            weight_decay=cfg.weight_decay)
-        self.start = 0
-        if self.state is not None:
-            self.optimizer.load_state_dict(self.state["optimizer"])
-            torch.set_rng_state(self.state["torch_rng"])
-            self.start = self.state["step"]
-            say(f"resuming at step {self.start}")
+            weight_decay=self.cfg.weight_decay)
+        if self.state is None:
+            return optimizer, 0
+        optimizer.load_state_dict(self.state["optimizer"])
+        torch.set_rng_state(self.state["torch_rng"])
+        self.say(f"resuming at step {self.state['step']}")
+        return optimizer, self.state["step"]
 
     @property
     def log_path(self) -> Path:
@@ -176,7 +180,7 @@ def to_device(ex, device):
         return ex
     from dataclasses import replace
 
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    move = lambda t: None if t is None else t.to(device)
     return replace(ex, ids=move(ex.ids), text_targets=move(ex.text_targets), audio_targets=move(ex.audio_targets),
                    audio_features=move(ex.audio_features), image_features=move(ex.image_features))
 
