@@ -64,14 +64,14 @@ class Encoder:
     def audio_features(self, path) -> torch.Tensor:
         samples = audio_io.load_audio(path)
         n = min(whisper_frames(len(samples)), self.parts.whisper_dims.n_audio_ctx)
-        mel = audio_io.log_mel(samples)[None]
-        return audio_io.whisper_encode(self.parts.whisper, mel, n)[0].float()
+        mel = audio_io.log_mel(samples)[None].to(next(self.parts.whisper.parameters()).device)
+        return audio_io.whisper_encode(self.parts.whisper, mel, n)[0].float().cpu()
 
     @torch.no_grad()
     def image_features(self, path) -> torch.Tensor:
         clip = self.parts.clip
-        pixels = preprocess(open_image(path), clip.dims.image_size).to(next(clip.parameters()).dtype)
-        return clip(pixels)[0].float()
+        p = next(clip.parameters())
+        return clip(preprocess(open_image(path), clip.dims.image_size).to(p.device, p.dtype))[0].float().cpu()
 
     def example(self, sample: Sample, task: str) -> Example:
         """Raises ManifestError naming the sample's line when a file cannot be read."""

@@ -74,6 +74,8 @@ class StageRun:
             declare_tokens(parts)  # before the examples: their labels are these tokens
             self.status_tokens = interrupt_tokens(parts.cfg)
         self.lm = parts.lm.to(self.device)
+        for frozen in (parts.whisper, parts.clip, parts.snac):  # the encoders run once per sample, there too
+            frozen.to(self.device)
         self.groups = select_trainable(self.lm, self.stage)
         for line in describe(self.lm, self.groups):
             say(line)
