@@ -172,6 +172,19 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tiny_ckpt, synth, tmp_p
     assert resumed == pytest.approx(whole, rel=1e-5)  # same machine, same arithmetic
 
 
+def test_a_large_manifest_is_encoded_as_drawn_with_the_same_losses(tiny_ckpt, synth, tmp_path, monkeypatch):
+    from omni.train import data
+
+    eager = StageRun(config("2", steps=4), synth, tiny_ckpt, tmp_path / "eager")
+    assert isinstance(eager.examples, list)
+    eager_losses = [eager.step(i)["loss"] for i in range(4)]
+    monkeypatch.setattr(data, "EAGER_LIMIT", 1)
+    lazy = StageRun(config("2", steps=4), synth, tiny_ckpt, tmp_path / "lazy")
+    assert isinstance(lazy.examples, data.LazyExamples) and not lazy.examples.kept
+    assert [lazy.step(i)["loss"] for i in range(4)] == pytest.approx(eager_losses, rel=1e-6)
+    assert 0 < len(lazy.examples.kept) <= len(lazy.examples)
+
+
 def test_a_tiny_model_memorises_answers_and_says_them_through_generate(tiny_ckpt, synth, tmp_path):
     picked = [x for x in map(json.loads, synth.read_text().splitlines()) if x["id"] in ("typed0", "qa1")]
     for x in picked:

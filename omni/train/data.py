@@ -3,6 +3,8 @@ SNAC-encoded into 7-token frames; each example in the form its stage trains (tex
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -103,17 +105,38 @@ class Encoder:
         return ex
 
 
-def stage_examples(encoder: Encoder, samples: list[Sample], stage: Stage, say=print) -> list[Example]:
-    examples = []
-    for s in samples:
-        task = task_for(s, stage)
-        if task is not None:
-            examples.append(encoder.example(s, task))
-    if not examples:
+EAGER_LIMIT = 2048  # manifests up to this many samples are encoded up front (every file checked before step 1)
+
+
+class LazyExamples:
+    """A stage's examples encoded when first drawn and kept while `keep` allows: a real set's Whisper features
+    (1.5 MB for 10 s of speech) do not fit in memory. Same examples, same order, as the up-front list."""
+
+    def __init__(self, encoder: Encoder, pairs: list[tuple[Sample, str]], keep: int = EAGER_LIMIT):
+        self.encoder, self.pairs, self.keep, self.kept = encoder, pairs, keep, OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Example:
+        if i in self.kept:
+            self.kept.move_to_end(i)
+            return self.kept[i]
+        ex = self.kept[i] = self.encoder.example(*self.pairs[i])
+        while len(self.kept) > self.keep:
+            self.kept.popitem(last=False)
+        return ex
+
+
+def stage_examples(encoder: Encoder, samples: list[Sample], stage: Stage, say=print) -> list[Example] | LazyExamples:
+    pairs = [(s, task) for s in samples if (task := task_for(s, stage)) is not None]
+    if not pairs:
         raise OmniInputError(f"stage {stage.name} uses no sample of this manifest (it needs "
                              f"{'spoken questions' if stage.audio_only else 'samples'}); see docs/training.md")
     tasks = {}
-    for ex in examples:
-        tasks[ex.task] = tasks.get(ex.task, 0) + 1
-    say(f"stage {stage.name}: {len(examples)} examples ({', '.join(f'{k} {n}' for k, n in sorted(tasks.items()))})")
-    return examples
+    for _, task in pairs:
+        tasks[task] = tasks.get(task, 0) + 1
+    lazy = len(pairs) > EAGER_LIMIT
+    say(f"stage {stage.name}: {len(pairs)} examples ({', '.join(f'{k} {n}' for k, n in sorted(tasks.items()))})"
+        f"{', encoded as drawn' if lazy else ''}")
+    return LazyExamples(encoder, pairs) if lazy else [encoder.example(s, task) for s, task in pairs]
