@@ -75,6 +75,20 @@ def test_unreadable_audio_fails_the_cli_with_the_line(tiny_ckpt, media, tmp_path
     assert rc == 2 and "--data" in err
 
 
+def test_a_config_file_sets_the_options_and_flags_win(tiny_ckpt, synth, tmp_path, run_cli):
+    (tmp_path / "c.yaml").write_text("steps: 3\nlr_adapters: 0.002\nwarmup_steps: 1\nbatch_size: 2\nthreads: 1\n")
+    rc, out, err = run_cli("train", "--stage", "1", "--data", synth, "--init", tiny_ckpt, "--out", tmp_path / "o",
+                           "--config", tmp_path / "c.yaml", "--steps", 2)
+    assert rc == 0, err
+    log = [json.loads(x) for x in (tmp_path / "o" / "loss_stage1.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and log[0]["lr_adapters"] == pytest.approx(0.002)
+    assert "trains adapters" in out and json.loads((tmp_path / "o" / "train_summary.json").read_text())["stages"]["1"]
+    (tmp_path / "bad.yaml").write_text("step: 3\n")
+    rc, _, err = run_cli("train", "--stage", "1", "--data", synth, "--init", tiny_ckpt, "--out", tmp_path / "o",
+                         "--config", tmp_path / "bad.yaml")
+    assert rc == 2 and "unknown keys ['step']" in err
+
+
 # -- layouts ------------------------------------------------------------------------------------------------
 def test_a_speech_answer_is_the_prompt_then_the_entries_the_decode_loop_feeds_back():
     frames = [[(7 * f + j) % 4096 for j in range(7)] for f in range(3)]
