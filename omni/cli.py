@@ -1,4 +1,4 @@
-"""`python -m omni {generate,stream,download,tiny,bench}`. User errors print one line and exit with code 2."""
+"""`python -m omni {generate,stream,download,tiny,bench,train,train-data}`. User errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--full-size", action="store_true", help="official dimensions (2.8 GB; for benchmarks)")
+
+    from .train.command import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
 
     b = sub.add_parser("bench", help="measure prefill, decode speed, time to first audio, real-time factor, memory")
     _model_args(b)
@@ -191,7 +195,10 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"generate": cmd_generate, "tiny": cmd_tiny, "download": cmd_download, "bench": cmd_bench}[args.command]
+    from .train.command import cmd_train, cmd_train_data
+
+    command = {"generate": cmd_generate, "tiny": cmd_tiny, "download": cmd_download, "bench": cmd_bench,
+               "train": cmd_train, "train-data": cmd_train_data}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

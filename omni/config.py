@@ -45,6 +45,10 @@ class ModelConfig:
     add_qkv_bias: bool = True
     tie_word_embeddings: bool = True
     n_audio_layers: int = N_AUDIO_LAYERS
+    # the semantic interruption's status tokens (spec §11; free text specials), set by `omni train --stage irq`:
+    # a checkpoint that has them can say, frame by frame while it speaks, whether it was told to stop
+    irq_token: int | None = None
+    n_irq_token: int | None = None
 
     @property
     def rope_n_elem(self) -> int:

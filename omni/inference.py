@@ -77,6 +77,20 @@ class Omni:
         say(f"ready in {self.load_s:.1f} s")
 
     @property
+    def has_interrupt(self) -> bool:
+        """Whether this checkpoint was trained for the semantic interruption (irq/n-irq in model_config.yaml)."""
+        from .listen import interrupt_tokens
+
+        return interrupt_tokens(self.cfg) is not None
+
+    def interrupt_listener(self):
+        """A new `omni.listen.InterruptListener` for one answer: feed it the user's audio (24 kHz) while the model
+        speaks; it returns P(irq) per 85 ms frame. OmniInputError where the checkpoint has no irq tokens."""
+        from .listen import InterruptListener
+
+        return InterruptListener(self.lm, self.snac)
+
+    @property
     def snac_dtype(self) -> str:
         """What SNAC decodes in: float32, or bfloat16 where int8 mode found that faster on this CPU."""
         return str(next(self.snac.parameters()).dtype).removeprefix("torch.")

@@ -59,6 +59,15 @@ def image_layout(v: Vocab, n_image: int, n_frames: int, last_audio: int) -> list
     return _rows(v, audio, text)
 
 
+def listen_layout(v: Vocab, frames: list[list[int]]) -> list[list[int]]:
+    """The listening row of the semantic interruption (spec §11, our layout: the paper gives none): input_a/input_t,
+    then one position per 85 ms SNAC frame of the incoming audio, its 7 codes at once on the audio rows (no delay:
+    nothing is generated on them) and pad_t on the text row, whose head says n-irq or irq after each frame."""
+    audio = [[v.input_a] + [f[i] for f in frames] for i in range(N_AUDIO_LAYERS)]
+    shifted = [[v.layershift(a, i) for a in row] for i, row in enumerate(audio)]
+    return shifted + [[v.input_t] + [v.pad_t] * len(frames)]
+
+
 def build_prompt(task: str, v: Vocab, *, n_frames: int = 0, text_ids: list[int] | None = None,
                  n_image: int = 0) -> Prompt:
     """The official prompt for `task`. n_frames: Whisper frames T; n_image: CLIP tokens (50 for ViT-B/32)."""

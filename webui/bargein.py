@@ -3,7 +3,9 @@ dataclass, and each decision comes back as actions (duck, unduck, check, interru
 
 Policies: `command` pauses playback at the first syllable (duck), has the speech checked for a stop phrase at each
 pause and at its end, and interrupts on a command or resumes otherwise; `any` interrupts at the onset; `off` (half
-duplex) hears nothing while the assistant speaks (the session does not even feed the detector then).
+duplex) hears nothing while the assistant speaks (the session does not even feed the detector then); `model` leaves the
+decision to a checkpoint trained for the interruption (omni/listen.py, fed by the session): speech neither ducks nor
+is checked here.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class BargeIn:
         self.utterance = Utterance(t_wall)
         if cfg.policy == "any":
             return [Interrupt("speech", t_wall)]
-        return [Duck(t_wall)] if cfg.duck_on_speech else []
+        return [Duck(t_wall)] if cfg.duck_on_speech and cfg.policy == "command" else []
 
     def progress(self, det, now: float, cfg) -> list:
         """The detector heard more of the utterance: check it at each pause, and once when it grows too long."""

@@ -8,7 +8,7 @@ from .interrupt import DEFAULT_PHRASES, parse_phrases
 from .vad import VADConfig
 
 OUT_RATE = 24000  # SNAC output
-POLICIES = ("command", "any", "off")
+POLICIES = ("command", "any", "off", "model")  # model: the checkpoint's own irq signal (omni/listen.py)
 TEXT_TASKS = {"speech": "T1A2", "text": "T1T2"}
 MAX_TEXT_CHARS = 2000
 # Mini-Omni2 has one image task, IMAGE_A1A2: a picture with a spoken question (no typed question with a picture)
@@ -20,7 +20,7 @@ MAX_TURNS_KEPT = 200  # older turns are dropped from memory (and from the export
 @dataclass
 class EngineConfig:
     vad: VADConfig = field(default_factory=VADConfig)
-    policy: str = "command"  # command: only stop phrases interrupt; any: any speech; off: half-duplex
+    policy: str = "command"  # command: only stop phrases interrupt; any: any speech; off: half-duplex; model: irq
     phrases: tuple[str, ...] = DEFAULT_PHRASES
     duck_on_speech: bool = True  # pause playback at speech onset, resume if it was not a command
     echo_guard_s: float = 0.3  # onsets this soon after the assistant starts playing are ignored (echo)

@@ -366,9 +366,10 @@ def _settings(ui, cfg: EngineConfig) -> None:
 
     with gr.Accordion("Interruption and turn-taking settings", open=False):
         with gr.Row():
-            ui.policy = gr.Radio(["command", "any", "off"], value=cfg.policy, label="Barge-in policy",
+            ui.policy = gr.Radio(["command", "any", "off", "model"], value=cfg.policy, label="Barge-in policy",
                                  info="command: only stop phrases interrupt · any: any speech interrupts and becomes "
-                                      "the next turn · off: half-duplex (use with speakers, no headset)")
+                                      "the next turn · off: half-duplex (use with speakers, no headset) · model: the "
+                                      "model's own stop signal (checkpoints trained for it)")
             ui.phrases = gr.Textbox(", ".join(cfg.phrases), label="Stop phrases (comma-separated)",
                                     elem_id="phrases", lines=2)
             ui.duck = gr.Checkbox(cfg.duck_on_speech, label="Pause playback while I speak (resume if not a command)")

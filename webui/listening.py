@@ -54,6 +54,8 @@ class Listening:
             active = self._assistant_active()
             if active and self.config.policy == "off":
                 return  # half-duplex: the mic is ignored while the assistant speaks
+            if active and self.config.policy == "model":
+                self._model_listens(sample_rate, pcm)
             det = self._detector
             events = det.push(sample_rate, pcm)
             now = time.monotonic()
@@ -63,6 +65,33 @@ class Listening:
             if self._barge.utterance is not None and det.in_speech and self._assistant_active():
                 self._carry_out(self._barge.progress(det, now, self.config))
             self._encode_early(det)
+
+    def _model_listens(self, sample_rate: int, pcm: np.ndarray) -> None:
+        """Barge-in policy `model`: the mic audio to the checkpoint's interruption listener (omni/listen.py), a new
+        one for each answer; P(irq) over 0.5 on a frame interrupts the answer as a stop phrase would."""
+        turn = self._current
+        model = self.shared.model
+        if turn is None or not getattr(model, "has_interrupt", False):
+            if turn is not None and getattr(self, "_irq_unavailable", None) is not turn:
+                self._irq_unavailable = turn  # said once per answer (attributes set here: no Session change)
+                self._event("model_policy_unavailable")
+            return
+        listening = getattr(self, "_irq_listening", None)
+        if listening is None or listening[0] is not turn:
+            import soxr
+
+            listening = self._irq_listening = (turn, model.interrupt_listener(),
+                                               soxr.ResampleStream(sample_rate, 24000, 1, dtype="float32"))
+        from omni.audio import to_mono_float32
+
+        _, listener, resample = listening
+        if any(p > 0.5 for p in listener.add(resample.resample_chunk(to_mono_float32(pcm)))):
+            now = time.monotonic()
+            u = self._barge.utterance
+            self._interrupt("model: irq", u.onset if u is not None else now, None, now)
+            if u is not None:  # the model heard the command in it: the rest of it is never a new turn
+                u.command = True
+                self._barge.utterance = u
 
     def _encode_early(self, det: TurnDetector) -> None:
         """While a spoken turn's end-of-turn silence runs out, have the model encode the turn's audio (the audio

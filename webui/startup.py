@@ -59,9 +59,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
     p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit"],
                    help="gradio (default) or streamlit: the same live voice, barge-in and typed/uploaded questions")
-    p.add_argument("--policy", default="command", choices=["command", "any", "off"],
+    p.add_argument("--policy", default="command", choices=["command", "any", "off", "model"],
                    help="barge-in: command = only stop phrases interrupt (default); any = any speech interrupts; "
-                        "off = half-duplex (for speakers without echo cancellation)")
+                        "off = half-duplex (for speakers without echo cancellation); model = the checkpoint's own "
+                        "stop signal (a checkpoint trained with `omni train --stage irq`)")
     p.add_argument("--phrases", default=None, help="comma-separated stop phrases (default: 'stop omni' and a few "
                                                    "short stop words)")
     p.add_argument("--asr", default="auto",
