@@ -452,9 +452,8 @@ def realtime_routes(app, key: str | None) -> list:
     return [WebSocketRoute(PATH, realtime_endpoint(app, key))]
 
 
-def serve_api_only(app, host: str, port: int, key: str | None) -> None:
+def api_only_app(app, key: str | None):
     """`--ui none --api`: the Realtime API without a page (the same engine start-up, webui/startup.py)."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -462,5 +461,16 @@ def serve_api_only(app, host: str, port: int, key: str | None) -> None:
     async def index(request):
         return PlainTextResponse(f"Mini-Omni2 Realtime API: ws://{request.url.netloc}{PATH}\n{app.status}\n")
 
-    web = Starlette(routes=[Route("/", index), *realtime_routes(app, key)])
-    uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning", ws_max_size=WS_MAX_BYTES)).run()
+    return Starlette(routes=[Route("/", index), *realtime_routes(app, key)])
+
+
+def server_config(web, host: str, port: int):
+    import uvicorn
+
+    return uvicorn.Config(web, host=host, port=port, log_level="warning", ws_max_size=WS_MAX_BYTES)
+
+
+def serve_api_only(app, host: str, port: int, key: str | None) -> None:
+    import uvicorn
+
+    uvicorn.Server(server_config(api_only_app(app, key), host, port)).run()
