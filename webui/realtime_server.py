@@ -242,18 +242,19 @@ class RealtimeConnection:
                                        f"{'typed text' if task.startswith('T1') else 'a spoken question'} first.")
             speak = task.endswith("A2")
             text = None if not task.startswith("T1") else text
-        s = self.session
-        if audio is not None:
-            await asyncio.to_thread(s.send_upload, audio=(rp.RATE, audio), image=image, speak=speak, kind="voice",
-                                    image_source="upload")
-        elif text is not None:
-            await asyncio.to_thread(s.send_text, text, speak, image)
-        else:
+        if audio is None and text is None:
             raise rp.ProtocolError("invalid_request", "Nothing to answer: commit audio (input_audio_buffer.commit) "
                                    "or add a user message (conversation.item.create) first.")
+        s = self.session
+        # what was pending is used up, answered or refused (a silent recording must not block the next turn)
         self.pending_audio = self.pending_text = self.pending_image = None
         if self.server_vad:
             s.set_camera_frame(None)
+        if audio is not None:
+            await asyncio.to_thread(s.send_upload, audio=(rp.RATE, audio), image=image, speak=speak, kind="voice",
+                                    image_source="upload")
+        else:
+            await asyncio.to_thread(s.send_text, text, speak, image)
 
     async def update(self, u: rp.SessionUpdate) -> None:
         s = self.session
