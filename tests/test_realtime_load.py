@@ -45,7 +45,7 @@ def script(who: int, turns: int) -> list[Turn]:
 
 
 async def replays(url: str, turns: int) -> list[dict]:
-    return await asyncio.gather(*(replay(script(k, turns), url, end_silence_s=0.8) for k in range(REPLAYS)))
+    return await asyncio.gather(*(replay(script(k, turns), url, end_silence_s=0.7) for k in range(REPLAYS)))
 
 
 def page_session(app, rounds: int) -> dict:
@@ -80,7 +80,7 @@ def test_three_replays_and_a_page_at_once(server):
     # warm-up: every code path (typed, spoken, a barge-in, a page), the allocators' pools
     warm = threading.Thread(target=page_session, args=(server.app, 1))
     warm.start()
-    asyncio.run(replays(server.url + "/realtime", 4))
+    asyncio.run(replays(server.url + "/realtime", 5))
     warm.join(60)
     rss_before = rss_mb()
 
