@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         routes = realtime_routes(app, key)
         sys.stdout.write(f"[mini-omni2] Realtime API: ws://{args.host}:{args.port}/v1/realtime"
                          f"{' (API key required)' if key else ''}\n")
+        if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+            sys.stdout.write("[mini-omni2] Warning: the API has no key and anyone who reaches this address can use "
+                             "it; set --api-key (or OMNI_API_KEY).\n")
     if args.ui == "none":
         serve_api_only(app, args.host, args.port, key)
         return 0

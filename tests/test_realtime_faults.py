@@ -224,3 +224,23 @@ def test_a_model_failure_mid_answer_is_an_error_for_that_session_only(server, fa
             await answered(c)  # the same session goes on
 
     run(go())
+
+
+def test_a_full_server_refuses_a_connection_with_a_message(server, monkeypatch):
+    async def go():
+        async with connect(server.url) as first:
+            monkeypatch.setattr(server.engine.config, "max_sessions", server.engine.sessions)
+            from openai import AsyncOpenAI
+
+            client = AsyncOpenAI(api_key="k", websocket_base_url=server.url)
+            async with client.realtime.connect(model="m", websocket_connection_options={"proxy": None}) as conn:
+                ev = await asyncio.wait_for(conn.recv(), 20)
+                assert ev.type == "error" and ev.error.code == "server_busy" and "busy" in ev.error.message
+                from websockets.exceptions import ConnectionClosed
+
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(conn.recv(), 20)
+            monkeypatch.undo()
+            await answered(first)  # the open session is not disturbed
+
+    run(go())

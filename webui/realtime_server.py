@@ -270,7 +270,9 @@ class RealtimeConnection:
                 if td.silence_s is not None:
                     s.update_config(end_silence_s=td.silence_s)
                 if not td.interrupt_response:
-                    s.update_config(policy="off")
+                    s.update_config(policy="off")  # half-duplex: speech over an answer is ignored
+                elif s.config.policy == "off":
+                    s.update_config(policy=self.engine.config.policy)
         if u.policy is not None:
             s.update_config(policy=u.policy)
         if u.task is not None:
@@ -297,9 +299,12 @@ class RealtimeConnection:
                 if self.server_vad and self.pending_image is not None and now >= next_image:
                     self.session.set_camera_frame(self.pending_image)  # kept fresh, as a webcam's frames are
                     next_image = now + 1.0
-            except Exception:
+            except Exception:  # a bug: end this connection cleanly rather than repeat the error every tick
                 log.exception("realtime pump failed")
-                await self.error("server_error", "The server failed while sending the answer.", kind="server_error")
+                await self.error("server_error", "The server failed while sending the answer; reconnect to go on.",
+                                 kind="server_error")
+                self.closed = True
+                await self.ws.close(code=1011)
 
     def vad_events(self) -> list[dict]:
         out = []
