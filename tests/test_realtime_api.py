@@ -266,3 +266,13 @@ def test_the_api_beside_the_gradio_page_needs_its_key(tmp_path):
         proc.terminate()
         proc.wait(20)
         log.close()
+
+
+def test_the_api_options_are_checked_before_anything_loads():
+    for args in (["--ui", "none"], ["--ui", "streamlit", "--api"]):
+        r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--checkpoint", "tiny", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--ui none --api" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert "--api" in r.stdout and "--api-key" in r.stdout and "OMNI_API_KEY" in r.stdout
