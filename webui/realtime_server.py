@@ -384,7 +384,8 @@ class RealtimeConnection:
         if status == "in_progress":
             return body
         if status == "cancelled":
-            reason = "client_cancelled" if t.interrupted_by in ("cancel", "") else "turn_detected"
+            # the client's own doing (response.cancel, a new request) or what it said (the stop command)
+            reason = "client_cancelled" if t.interrupted_by in ("cancel", "new message", "") else "turn_detected"
             body["status_details"] = {"type": "cancelled", "reason": reason, "interrupted_by": t.interrupted_by}
         elif status == "failed":
             body["status_details"] = {"type": "failed", "error": {"type": "server_error", "message": t.error}}
