@@ -7,7 +7,6 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from webui.engine import Engine, EngineConfig
