@@ -276,3 +276,30 @@ def test_the_api_options_are_checked_before_anything_loads():
     r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert "--api" in r.stdout and "--api-key" in r.stdout and "OMNI_API_KEY" in r.stdout
+
+
+def test_the_key_comes_from_the_option_or_the_environment(monkeypatch):
+    from webui.realtime_server import api_key
+    from webui.startup import parse
+
+    monkeypatch.delenv("OMNI_API_KEY", raising=False)
+    assert api_key(parse([])) is None  # open, and bound to 127.0.0.1 by default
+    assert parse([]).host == "127.0.0.1"
+    monkeypatch.setenv("OMNI_API_KEY", "from-env")
+    assert api_key(parse([])) == "from-env"
+    assert api_key(parse(["--api-key", "given"])) == "given"
+
+
+def test_web_pages_from_other_sites_are_refused(server):
+    """A browser sends its page's Origin: a site the user visits must not reach the local assistant."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import InvalidStatus
+
+    async def go():
+        with pytest.raises(InvalidStatus, match="403"):
+            async with ws_connect(f"{server.url}/realtime", origin="https://evil.example", proxy=None):
+                pass
+        async with ws_connect(f"{server.url}/realtime", origin=f"http://127.0.0.1:{server.port}", proxy=None) as ws:
+            assert '"session.created"' in await asyncio.wait_for(ws.recv(), 30)
+
+    run(go())
