@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write("[mini-omni2] Warning: the API has no key and anyone who reaches this address can use "
                              "it; set --api-key (or OMNI_API_KEY).\n")
     if args.ui == "none":
-        serve_api_only(app, args.host, args.port, key)
+        try:
+            serve_api_only(app, args.host, args.port, key)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the engine closes its sessions at exit
+            pass
         return 0
     sys.stdout.write(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)\n")
     sys.stdout.flush()  # one write: the loading thread prints too

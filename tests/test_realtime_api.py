@@ -303,3 +303,37 @@ def test_web_pages_from_other_sites_are_refused(server):
             assert '"session.created"' in await asyncio.wait_for(ws.recv(), 30)
 
     run(go())
+
+
+def test_the_api_alone_stops_cleanly_on_sigterm_with_a_client_connected(tmp_path):
+    """`python app.py --ui none --api`: SIGTERM (docker stop, systemd) ends it like Ctrl-C, without a traceback,
+    and the open conversation's transcript is written to --recordings."""
+    port = free_port()
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", "tiny", "--ui", "none", "--api",
+                                 "--port", str(port), "--recordings", str(tmp_path / "rec"), "--max-new-tokens", "20",
+                                 "--asr", "none"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            t0 = time.monotonic()
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                    break
+                except Exception:
+                    assert proc.poll() is None and time.monotonic() - t0 < 120, log.read_text()
+                    time.sleep(0.5)
+
+            async def go():
+                async with connect(f"ws://127.0.0.1:{port}/v1") as c:
+                    start = await ask_typed(c, "hi")
+                    await c.wait("response.done", start, timeout=60)
+                    proc.terminate()
+                    assert await asyncio.to_thread(proc.wait, 20) == 0
+
+            run(go())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "Traceback" not in log.read_text()
+    assert list((tmp_path / "rec").glob("*/transcript.json"))
