@@ -337,3 +337,26 @@ def test_the_api_alone_stops_cleanly_on_sigterm_with_a_client_connected(tmp_path
                 proc.kill()
     assert "Traceback" not in log.read_text()
     assert list((tmp_path / "rec").glob("*/transcript.json"))
+
+
+def test_the_session_task_picks_the_inputs_and_the_answer(server):
+    async def go():
+        async with connect(server.url) as c:
+            await c.send({"type": "session.update", "session": {"task": "A1T2", "audio": {"input": {
+                "turn_detection": None}}}})
+            await c.wait("session.updated")
+            await ask_typed(c, "typed, but the task wants speech")  # its response.create is refused
+            err = await c.wait("error")
+            assert err.error.code == "invalid_request" and "A1T2 needs a spoken question" in err.error.message
+            await c.stream(spoken("what is the capital of france"), realtime=False)
+            await c.send({"type": "input_audio_buffer.commit"})
+            start = await ask_typed(c, "this text is left out")
+            done = await c.wait("response.done", start)
+            assert done.response.metadata["task"] == "A1T2" and c.of("response.output_text.delta", start)
+            assert not [k for k in c.types(start) if "audio" in k and k.startswith("response.")]
+            await c.send({"type": "session.update", "session": {"task": "T1T2"}})
+            await c.wait("session.updated", count=2)
+            start = await ask_typed(c, "and now a typed one")
+            assert (await c.wait("response.done", start)).response.metadata["task"] == "T1T2"
+
+    run(go())

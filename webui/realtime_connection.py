@@ -226,14 +226,19 @@ class RealtimeConnection:
         audio, text, image = self.pending_audio, self.pending_text, self.pending_image
         speak = self.audio_out if req.modalities is None else req.modalities == ("audio",)
         task = self.task
-        if task != "auto":
+        if task != "auto":  # the session asks for one task: its inputs only, and its kind of answer
+            kind = "IMAGE" if task.startswith("IMAGE") else task[:2]
             needs = {"A1": audio is not None, "T1": text is not None, "IMAGE": audio is not None and image is not None}
-            if not needs[task.split("_")[0] if task.startswith("IMAGE") else task[:2]]:
+            if not needs[kind]:
                 raise rp.ProtocolError("invalid_request", f"The session's task {task} needs "
-                                       f"{'a picture and ' if task.startswith('IMAGE') else ''}"
-                                       f"{'typed text' if task.startswith('T1') else 'a spoken question'} first.")
+                                       f"{'a picture and ' if kind == 'IMAGE' else ''}"
+                                       f"{'typed text' if kind == 'T1' else 'a spoken question'} first.")
             speak = task.endswith("A2")
-            text = None if not task.startswith("T1") else text
+            if kind == "T1":
+                audio = image = None
+            else:
+                text = None
+                image = image if kind == "IMAGE" else None
         if audio is None and text is None:
             raise rp.ProtocolError("invalid_request", "Nothing to answer: commit audio (input_audio_buffer.commit) "
                                    "or add a user message (conversation.item.create) first.")
