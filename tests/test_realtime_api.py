@@ -360,3 +360,28 @@ def test_the_session_task_picks_the_inputs_and_the_answer(server):
             assert (await c.wait("response.done", start)).response.metadata["task"] == "T1T2"
 
     run(go())
+
+
+def test_server_vad_without_create_response_waits_for_the_client(server):
+    async def go():
+        async with connect(server.url) as c:
+            await c.send({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+                "type": "server_vad", "create_response": False, "interrupt_response": True}}}}})
+            td = (await c.wait("session.updated")).session.audio.input.turn_detection
+            assert td.create_response is False
+            await c.stream(spoken("what is the capital of france"))
+            await c.wait("input_audio_buffer.committed")
+            await asyncio.sleep(1.0)
+            assert "response.created" not in c.types()  # detected, not answered
+            await c.send({"type": "response.create"})
+            first = await c.wait("response.created")
+            await c.wait("response.output_audio.delta")
+            await c.stream(spoken("wait a moment", lead_s=0.0))  # speech over the answer cancels it
+            done = await c.wait("response.done")
+            assert done.response.id == first.response.id and done.response.status == "cancelled"
+            assert done.response.metadata["task"] == "A1A2"
+            await c.send({"type": "response.create"})  # the interrupting question, detected meanwhile
+            second = await c.wait("response.done", count=2)
+            assert second.response.status == "completed" and c.types().count("response.created") == 2
+
+    run(go())

@@ -76,11 +76,13 @@ class RealtimeConnection:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self._send_lock = asyncio.Lock()
         self.audio_out = True  # output_modalities ["audio"] (default) or ["text"]
-        self.server_vad = True
+        self.server_vad = True  # the session's own turn detection, barge-in and answers
+        self.detector = None  # server_vad with create_response false: turns detected here, answered on request
+        self.interrupt_on_speech = True  # with the detector: speech cancels the answer (interrupt_response)
         self.task = "auto"
         self.buffer: list[np.ndarray] = []  # manual turns: audio appended since the last commit
         self.received = 0  # samples appended in all (the clock of audio_start_ms)
-        self.pending_audio: np.ndarray | None = None
+        self.pending_audio: tuple[int, np.ndarray] | None = None  # (sample rate, samples)
         self.pending_text: str | None = None
         self.pending_image: np.ndarray | None = None
         self.responses: list[Response] = []
@@ -156,7 +158,9 @@ class RealtimeConnection:
         cfg = self.session.config
         fmt = {"type": "audio/pcm", "rate": rp.RATE}
         td = {"type": "server_vad", "silence_duration_ms": int(cfg.vad.end_silence_s * 1000),
-              "create_response": True, "interrupt_response": cfg.policy != "off"} if self.server_vad else None
+              "create_response": self.detector is None,
+              "interrupt_response": cfg.policy != "off" if self.detector is None else self.interrupt_on_speech} \
+            if self.server_vad or self.detector is not None else None
         mods = ["audio"] if self.audio_out else ["text"]
         d = {"id": self.session.id, "object": "realtime.session", "model": "mini-omni2",
              "interrupt_policy": cfg.policy, "task": self.task}
@@ -174,6 +178,8 @@ class RealtimeConnection:
             self.received += len(body.pcm)
             if self.server_vad:
                 await asyncio.to_thread(s.feed_audio, rp.RATE, body.pcm)  # Silero VAD: off the event loop
+            elif self.detector is not None:
+                await self.detect(body.pcm)
             else:
                 self.buffer.append(body.pcm)
                 if sum(map(len, self.buffer)) > rp.MAX_BUFFER_S * rp.RATE:
@@ -195,6 +201,26 @@ class RealtimeConnection:
         elif isinstance(body, rp.SessionUpdate):
             await self.update(body)
 
+    async def detect(self, pcm: np.ndarray) -> None:
+        """server_vad with create_response false: a detected turn waits for response.create, as a committed one
+        does; speech over an answer cancels it (interrupt_response) at its onset."""
+        from .vad import SAMPLE_RATE, SpeechStarted, TurnEnded
+
+        for ev in await asyncio.to_thread(self.detector.push, rp.RATE, pcm):
+            ms = int(self.received / rp.RATE * 1000)
+            if isinstance(ev, SpeechStarted):
+                await self.send(self.event("input_audio_buffer.speech_started", item_id=rp.new_id("item"),
+                                           audio_start_ms=max(0, ms - int((self.detector.time - ev.t) * 1000))))
+                if self.interrupt_on_speech:
+                    await asyncio.to_thread(self.session.interrupt, "speech")
+                continue
+            await self.send(self.event("input_audio_buffer.speech_stopped", audio_end_ms=ms,
+                                       item_id=rp.new_id("item")))
+            if isinstance(ev, TurnEnded):
+                self.pending_audio = (SAMPLE_RATE, ev.audio)
+                await self.send(self.event("input_audio_buffer.committed", item_id=rp.new_id("item"),
+                                           previous_item_id=None))
+
     async def commit(self, req: rp.Request) -> None:
         if self.server_vad:
             raise rp.ProtocolError("invalid_request", "With server_vad turn detection, turns end by themselves; "
@@ -202,7 +228,7 @@ class RealtimeConnection:
         if not self.buffer:
             raise rp.ProtocolError("input_audio_buffer_commit_empty", "The audio buffer is empty: append audio "
                                    "before committing it.")
-        self.pending_audio = np.concatenate(self.buffer)
+        self.pending_audio = (rp.RATE, np.concatenate(self.buffer))
         self.buffer.clear()
         await self.send(self.event("input_audio_buffer.committed", item_id=rp.new_id("item"),
                                    previous_item_id=None))
@@ -217,7 +243,7 @@ class RealtimeConnection:
         if item.text is not None:
             self.pending_text = item.text
         if item.audio is not None:
-            self.pending_audio = item.audio
+            self.pending_audio = (rp.RATE, item.audio)
         await self.send(self.event("conversation.item.added", previous_item_id=None,
                                    item={"id": rp.new_id("item"), "type": "message", "role": "user",
                                          "status": "completed", "content": []}))
@@ -248,7 +274,7 @@ class RealtimeConnection:
         if self.server_vad:
             s.set_camera_frame(None)
         if audio is not None:
-            await asyncio.to_thread(s.send_upload, audio=(rp.RATE, audio), image=image, speak=speak, kind="voice",
+            await asyncio.to_thread(s.send_upload, audio=audio, image=image, speak=speak, kind="voice",
                                     image_source="upload")
         else:
             await asyncio.to_thread(s.send_text, text, speak, image)
@@ -261,9 +287,17 @@ class RealtimeConnection:
             s.attach_transport() if self.audio_out else s.detach_transport()
         if u.turn_detection is not rp.UNSET:
             td = u.turn_detection
-            self.server_vad = td is not None
+            self.server_vad = td is not None and td.create_response
+            self.detector = None
             self.buffer.clear()
-            if td is not None:
+            if td is not None and not td.create_response:
+                from .vad import TurnDetector, load_silero
+
+                if td.silence_s is not None:
+                    s.update_config(end_silence_s=td.silence_s)
+                self.detector = await asyncio.to_thread(TurnDetector, s.config.vad, load_silero())
+                self.interrupt_on_speech = td.interrupt_response
+            elif td is not None:
                 if td.silence_s is not None:
                     s.update_config(end_silence_s=td.silence_s)
                 if not td.interrupt_response:

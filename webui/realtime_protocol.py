@@ -201,10 +201,6 @@ def _turn_detection(td) -> TurnDetection | None:
         if not isinstance(v, bool):
             raise ProtocolError("invalid_value", f"'{where}.{name}' must be true or false.", where)
         setattr(out, name, v)
-    if not out.create_response:
-        raise ProtocolError("unsupported", "create_response false is not supported: every spoken turn is "
-                                           "answered. For turns you answer yourself, set turn_detection to null "
-                                           "and send input_audio_buffer.commit and response.create.", where)
     return out
 
 
