@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if err:
         print(err, file=sys.stderr)
         return 2
+    if args.api and args.ui == "streamlit" or args.ui == "none" and not args.api:
+        print("Bad option: the API (--api) runs beside the Gradio page or alone (--ui none --api).", file=sys.stderr)
+        return 2
     if args.ui == "streamlit":
         return run_streamlit(args, argv)
 
@@ -67,10 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     # --recordings folder written) instead of the process vanishing
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     app.load_in_background()  # the page comes up at once and shows loading progress
+    routes, key = [], None
+    if args.api:
+        from webui.realtime_server import api_key, realtime_routes, serve_api_only
+
+        key = api_key(args)
+        routes = realtime_routes(app, key)
+        sys.stdout.write(f"[mini-omni2] Realtime API: ws://{args.host}:{args.port}/v1/realtime"
+                         f"{' (API key required)' if key else ''}\n")
+        if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+            sys.stdout.write("[mini-omni2] Warning: the API has no key and anyone who reaches this address can use "
+                             "it; set --api-key (or OMNI_API_KEY).\n")
+    if args.ui == "none":
+        try:
+            serve_api_only(app, args.host, args.port, key)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the engine closes its sessions at exit
+            pass
+        return 0
     sys.stdout.write(f"[mini-omni2] Open http://{args.host}:{args.port}/ (the page says when the model is ready)\n")
     sys.stdout.flush()  # one write: the loading thread prints too
     launch(app, host=args.host, port=args.port, share=args.share,
-           banner=TINY_BANNER if is_tiny(args.checkpoint) else None)
+           banner=TINY_BANNER if is_tiny(args.checkpoint) else None, routes=routes)
     return 0
 
 

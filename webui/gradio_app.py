@@ -213,11 +213,12 @@ def private_gradio_cache() -> None:
 
 
 def launch(app: OmniApp, host: str = "127.0.0.1", port: int = 7860, share: bool = False, banner: str | None = None,
-           max_file_size: str = "25mb") -> None:
+           max_file_size: str = "25mb", routes: list | None = None) -> None:
+    """The page on host:port; `routes` (the Realtime API's WebSocket) are served beside it by the same server."""
     allow_loopback_ice()
     private_gradio_cache()
     demo = build_ui(app, banner=banner)
     demo.queue(default_concurrency_limit=8)
     app.page = demo  # each session's folder is allowed while it is open (OmniApp._serve), not the recordings root
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                show_api=False, favicon_path=None)
+                show_api=False, favicon_path=None, app_kwargs={"routes": routes} if routes else None)

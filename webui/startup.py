@@ -57,8 +57,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
-    p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit"],
-                   help="gradio (default) or streamlit: the same live voice, barge-in and typed/uploaded questions")
+    p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit", "none"],
+                   help="gradio (default) or streamlit: the same live voice, barge-in and typed/uploaded questions; "
+                        "none: no page (with --api)")
+    p.add_argument("--api", action="store_true", help="also serve the OpenAI Realtime API (WebSocket "
+                   "ws://HOST:PORT/v1/realtime) beside the Gradio page, on the same model (docs/api.md)")
+    p.add_argument("--api-key", default=None, help="with --api: require 'Authorization: Bearer KEY' (default: "
+                   "the OMNI_API_KEY environment variable; unset: no key, so keep --host 127.0.0.1)")
     p.add_argument("--policy", default="command", choices=["command", "any", "off", "model"],
                    help="barge-in: command = only stop phrases interrupt (default); any = any speech interrupts; "
                         "off = half-duplex (for speakers without echo cancellation); model = the checkpoint's own "
