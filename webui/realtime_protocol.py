@@ -21,7 +21,7 @@ MAX_APPEND_S = 10.0  # audio in one input_audio_buffer.append
 MAX_BUFFER_S = 60.0  # a manual turn's audio (uploads have the same limit: webui/uploads.py)
 MAX_TEXT_CHARS = 2000  # a typed message (webui/config.py)
 TASKS = ("auto", "A1A2", "A1T2", "T1A2", "T1T2", "IMAGE_A1A2")
-POLICIES = ("command", "any", "off")
+POLICIES = ("command", "any", "off", "model")  # as webui/config.py (model: a checkpoint trained for irq)
 UNSET = object()  # a field the client did not send (None is a value: turn_detection null)
 
 # server events whose beta names differ (GA name -> beta name)
