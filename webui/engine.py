@@ -103,8 +103,8 @@ class Engine:
         for sid in list(self._sessions):
             self.close_session(sid)
         self.worker.close()
-        self.asr_pool.shutdown(wait=False, cancel_futures=True)
-        self.side_pool.shutdown(wait=False, cancel_futures=True)
+        self.asr_pool.shutdown(wait=True, cancel_futures=True)
+        self.side_pool.shutdown(wait=True, cancel_futures=True)
         if not self.keep_recordings:  # the temp folder made for this engine goes with it
             shutil.rmtree(self.recordings_dir, ignore_errors=True)
 

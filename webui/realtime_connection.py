@@ -357,8 +357,8 @@ class RealtimeConnection:
 
     def answers(self) -> list[dict]:
         s, out = self.session, []
-        with s._lock:  # one consistent view: which turn is current, the frames due now are its own
-            vetting = s._vetting  # a short turn checked for a stop phrase: announced once it is a question
+        with s.consistent_view():  # one consistent view: which turn is current, the frames due now are its own
+            vetting = s.vetting_turn  # a short turn checked for a stop phrase: announced once it is a question
             for t in s.history:
                 if t.index > self.last_index:
                     if t is vetting:
@@ -370,7 +370,7 @@ class RealtimeConnection:
                     if t.image_source == "webcam":  # the picture went with this turn
                         self.pending_image = None
                         s.set_camera_frame(None)
-            current = s._current
+            current = s.live_turn
             frames = []
             while self.audio_out:
                 f = s.next_frame(480, timeout=0)
@@ -389,7 +389,7 @@ class RealtimeConnection:
                     r.audio_sent += len(pcm)
                     out.append(self.event("response.output_audio.delta", response_id=r.id, item_id=r.item_id,
                                           output_index=0, content_index=0, delta=rp.encode_pcm(pcm)))
-                if t.status in FINAL and t is not s._current:
+                if t.status in FINAL and t is not s.live_turn:
                     self.responses.remove(r)
                     out += self.finished(r)
         return out

@@ -219,6 +219,21 @@ class Session(Listening, Answering):
         with self._lock:
             return self._current if self._assistant_active() else None
 
+    def consistent_view(self) -> threading.RLock:
+        """Hold it (`with session.consistent_view():`) to read several things as of one moment: a transport that
+        pairs the due speech frames with the turn they belong to (webui/realtime_connection.py)."""
+        return self._lock
+
+    @property
+    def live_turn(self) -> Turn | None:
+        """The turn the session is on, in any state (`current` is only one being answered)."""
+        return self._current
+
+    @property
+    def vetting_turn(self) -> Turn | None:
+        """A short spoken turn still being checked for a stop phrase: not a question (nor answered) yet."""
+        return self._vetting
+
     def queue_position(self) -> int | None:
         job = self._job
         return self.shared.worker.position(job) if job is not None else None

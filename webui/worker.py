@@ -32,7 +32,9 @@ class FreshThreadExecutor:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._name = name
         self._closed = False
-        threading.Thread(target=self._dispatch, name=f"{name}-dispatch", daemon=True).start()
+        self._runner: threading.Thread | None = None
+        self._dispatcher = threading.Thread(target=self._dispatch, name=f"{name}-dispatch", daemon=True)
+        self._dispatcher.start()
 
     def submit(self, fn: Callable, *args, **kw) -> concurrent.futures.Future:
         if self._closed:
@@ -41,7 +43,9 @@ class FreshThreadExecutor:
         self._tasks.put((fut, fn, args, kw))
         return fut
 
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False, timeout: float = 10.0) -> None:
+        """With `wait`, returns once the call running now has ended (at most `timeout` s): a recogniser thread
+        still inside CTranslate2 when the interpreter exits aborts the process ('terminate called ...')."""
         self._closed = True
         if cancel_futures:
             while True:
@@ -52,6 +56,8 @@ class FreshThreadExecutor:
                 if item is not None:
                     item[0].cancel()
         self._tasks.put(None)
+        if wait and threading.current_thread() not in (self._dispatcher, self._runner):
+            self._dispatcher.join(timeout)
 
     def _dispatch(self) -> None:
         while (item := self._tasks.get()) is not None:
@@ -65,7 +71,7 @@ class FreshThreadExecutor:
                 except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
                     fut.set_exception(e)
 
-            t = threading.Thread(target=run, name=self._name, daemon=True)
+            t = self._runner = threading.Thread(target=run, name=self._name, daemon=True)
             t.start()
             t.join()
 
