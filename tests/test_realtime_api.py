@@ -95,6 +95,12 @@ def test_text_only_output(server, beta):
             text = "".join(e.delta for e in c.of(delta, start))
             assert text and done.response.status == "completed" and done.response.metadata["task"] == "T1T2"
             assert not [k for k in c.types(start) if "audio" in k]
+            if not beta:  # a spoken question is answered in text only too: A1T2, no speech made and thrown away
+                start = len(c.events)
+                await c.stream(spoken("what is the capital of france", tail_s=1.0))
+                done = await c.wait("response.done", start)
+                assert done.response.status == "completed" and done.response.metadata["task"] == "A1T2"
+                assert not [k for k in c.types(start) if k.startswith("response.output_audio")]
 
     run(go())
 

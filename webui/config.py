@@ -26,6 +26,7 @@ class EngineConfig:
     echo_guard_s: float = 0.3  # onsets this soon after the assistant starts playing are ignored (echo)
     command_pause_s: float = 0.128  # a pause this long after barge-in speech triggers the command check
     command_max_s: float = 2.5  # barge-in speech longer than this is checked once and then is not a command
+    spoken_answers: bool = True  # a spoken turn is answered with speech (A1A2); False: text only (A1T2)
     multi_turn: bool = False  # the official weights are single-turn: history in the prompt is opt-in
     history_turns: int = 3
     camera_max_age_s: float = 5.0  # an older webcam frame means the camera is off

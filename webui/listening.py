@@ -140,7 +140,7 @@ class Listening:
         if isinstance(ev, TurnEnded):
             self._event("turn_detected", start=ev.t_start, end=ev.t_end, speech_s=ev.speech_s)
             frame = self.camera_frame()
-            task = "IMAGE_A1A2" if frame is not None else "A1A2"
+            task = "IMAGE_A1A2" if frame is not None else "A1A2" if self.config.spoken_answers else "A1T2"
             turn = self._start_turn("voice", task, audio=(VAD_RATE, ev.audio), image=frame,
                                     image_source="webcam" if frame is not None else "")
             turn.timings.speech_end_wall = t_wall

@@ -285,6 +285,7 @@ class RealtimeConnection:
             self.audio_out = u.modalities == ("audio",)
             # speech is paced to a listener only while one listens; text-only answers come as fast as made
             s.attach_transport() if self.audio_out else s.detach_transport()
+            s.update_config(spoken_answers=self.audio_out)  # a text-only client's spoken turns: A1T2, no speech made
         if u.turn_detection is not rp.UNSET:
             td = u.turn_detection
             self.server_vad = td is not None and td.create_response
