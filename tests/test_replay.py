@@ -66,8 +66,8 @@ def test_yaml_scripts_and_session_settings(server, tmp_path):
     out = tmp_path / "out"
     assert main([str(script), "--url", f"{server.url}/realtime", "--out", str(out)]) == 0
     turns = json.loads((out / "transcript.json").read_text())["turns"]
-    assert [t["task"] for t in turns] == ["T1T2", "A1A2"] and [t["status"] for t in turns] == ["done", "done"]
-    assert not any("assistant_audio" in t["files"] for t in turns)  # text only: no speech sent
+    assert [t["task"] for t in turns] == ["T1T2", "A1T2"] and [t["status"] for t in turns] == ["done", "done"]
+    assert not any("assistant_audio" in t["files"] for t in turns)  # text only: no speech made or sent
 
 
 @pytest.mark.parametrize("content,message", [
