@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except BadOption as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
+    if args.list_devices:
+        from webui.local_app import list_devices
+        return list_devices(args)
+    if args.ui == "local":  # opens the devices before the weights: a missing microphone is said at once
+        from webui.local_app import exit_now, run_local
+        exit_now(run_local(args))
     try:
         err = ensure_checkpoint(args)
     except KeyboardInterrupt:
