@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         from webui.local_app import list_devices
         return list_devices(args)
     if args.ui == "local":  # opens the devices before the weights: a missing microphone is said at once
-        from webui.local_app import exit_now, run_local
-        exit_now(run_local(args))
+        from webui.local_app import run_local
+        return run_local(args)
     try:
         err = ensure_checkpoint(args)
     except KeyboardInterrupt:

@@ -6,7 +6,6 @@ The devices are opened before the model loads, so a missing or refused one is on
 from __future__ import annotations
 
 import json
-import os
 import logging
 import signal
 import sys
@@ -154,6 +153,11 @@ class PresenterApp:
             self.session.wait_idle(2.0)
             self.session.export_zip()
             kept = self.session.dir
+        for pool in (self.engine.asr_pool, self.engine.side_pool):  # a recogniser thread alive at exit can abort
+            try:                                                     # the process (CTranslate2's threads)
+                pool.submit(lambda: None).result(timeout=10)
+            except Exception:
+                pass
         self.engine.close()  # the session closes: transcript.json and .md written beside its files
         return kept
 
@@ -293,14 +297,6 @@ def run_local(args) -> int:
                   "[mini-omni2] Ended. (--recordings DIR keeps the transcript, audio and camera frames.)", flush=True)
         else:
             devs.close()
-
-
-def exit_now(code: int) -> None:
-    """End the process once everything is written. livekit's native runtime (the echo canceller) can crash in
-    the interpreter's own shutdown after the work is done (seen as exit code -11): skip that shutdown."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _stop_like_ctrl_c(signum, frame) -> None:
