@@ -1,13 +1,12 @@
 """Helpers for the presenter mode's tests (`--ui local`): the private PulseAudio server with its virtual microphone
 and speaker (webui/virtual_devices.py), the camera stand-in, the app as a child process driven through its pipe or
-tmux, and a model that speaks a given recording (for the echo-path test, whose answers must be speech)."""
+tmux (the model that speaks a recording, for the echo-path test, is webui/virtual_devices.py's)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.events import AudioChunk, Finished, Result, Stats, TextDelta  # noqa: E402
 from webui.vad import TurnDetector, TurnEnded  # noqa: E402
-from webui.virtual_devices import CameraFifo, PulseServer, SpeakerMonitor  # noqa: E402
+from webui.virtual_devices import CameraFifo, PulseServer, SpeakerMonitor, VoiceModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,38 +95,6 @@ def speech_span(audio: np.ndarray, rate: int = 16000) -> tuple[float, float]:
     det = TurnDetector()
     ended = [e for e in det.push(rate, audio) + det.flush() if isinstance(e, TurnEnded)]
     return ended[0].t_start, ended[-1].t_end
-
-
-class VoiceModel:
-    """Answers every question with the same recording (int16, 24 kHz), in 0.34 s chunks `speed` x faster than
-    real time; honours cancel. Stands in for the model where the answer must be real speech (an echo test)."""
-
-    def __init__(self, pcm: np.ndarray, text: str, speed: float = 2.0):
-        self.pcm, self.text, self.speed = pcm, text, speed
-        self.calls = 0
-
-    def stream(self, task, audio=None, image=None, text=None, options=None, stride=4, mode="smooth", cancel=None):
-        cancel = cancel or threading.Event()
-        self.calls += 1
-        t0 = time.monotonic()
-        stats = Stats(task=task, prompt_length=10)
-        time.sleep(0.2)
-        yield TextDelta(self.text)
-        chunk = int(0.34 * 24000)
-        for i in range(0, len(self.pcm), chunk):
-            if cancel.is_set():
-                break
-            piece = self.pcm[i:i + chunk]
-            stats.audio_seconds += len(piece) / 24000
-            stats.steps += 4
-            if stats.time_to_first_audio_s is None:
-                stats.time_to_first_audio_s = time.monotonic() - t0
-            yield AudioChunk(piece)
-            time.sleep(len(piece) / 24000 / self.speed)
-        stats.cancelled = cancel.is_set()
-        stats.stop_reason = "cancelled" if stats.cancelled else "eoa"
-        stats.total_s = stats.decode_s = time.monotonic() - t0
-        yield Finished(Result(task, 10, [], [], self.text, self.pcm, stats))
 
 
 __all__ = ["App", "CameraFifo", "PulseServer", "SpeakerMonitor", "VoiceModel", "app_cmd", "speech_span"]

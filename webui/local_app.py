@@ -221,8 +221,10 @@ class PresenterApp:
         camera = "lost" if "camera" in self.lost else self.devs.camera_note if cam is None else \
             f"{'on' if cam.on else 'off'} {cam.size[0]}x{cam.size[1]}" if cam.size else "on (waiting for a frame)"
         mic, spk = self.link.mic, self.link.speaker
+        erle = self.link.echo_reduction_db()
         v = ViewState(
-            state=self._state(snap), echo=self.echo_label, camera=camera, level=self.link.level,
+            state=self._state(snap),
+            echo=self.echo_label + (f", the mic {erle:.0f} dB quieter while it speaks" if erle is not None else ""), camera=camera, level=self.link.level,
             policy={"command": "only stop phrases interrupt", "any": "any speech interrupts",
                     "off": "half-duplex: the mic is off while it speaks"}[self.session.config.policy],
             mic=f"{mic.device.name} ({mic.rate} Hz)" if mic else self.lost.get("microphone", "none"),

@@ -38,6 +38,8 @@ class AudioLink:
         self._ptt: list[np.ndarray] | None = None  # push-to-talk: the question being recorded, else None
         self._far: deque[np.ndarray] = deque()  # what the speaker played, for the echo canceller
         self._generation = 0  # bumped by each flush: speech pulled before it is not queued after it
+        # the microphone's energy before and after the echo canceller while the speaker plays (its ERLE, live)
+        self._echo_in = self._echo_out = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         if speaker is not None and canceller is not None:
@@ -133,7 +135,10 @@ class AudioLink:
             if self.canceller is not None:
                 while self._far:  # what was played up to now, before the microphone's audio of the same time
                     self.canceller.far(far_resampler.resample_chunk(self._far.popleft()))
-                pcm = self.canceller.near(pcm)
+                raw, pcm = pcm, self.canceller.near(pcm)
+                if self._playing():
+                    self._echo_in += float(np.sum((raw.astype(np.float64) / 32768) ** 2)) / max(1, len(raw))
+                    self._echo_out += float(np.sum((pcm.astype(np.float64) / 32768) ** 2)) / max(1, len(pcm))
             if not len(pcm):
                 continue
             self.level = float(np.sqrt(np.mean((pcm.astype(np.float32) / 32768) ** 2)))
@@ -146,6 +151,19 @@ class AudioLink:
                 self.session.feed_audio(VAD_RATE, pcm)
             except Exception:  # a session that failed must not take the microphone thread down silently
                 log.exception("feeding the microphone failed")
+
+    def _playing(self) -> bool:
+        spk = self.speaker
+        if spk is None or spk.loud_at is None:
+            return False
+        return spk.quiet_at is None or spk.quiet_at < spk.loud_at or time.monotonic() - spk.quiet_at < 0.3
+
+    def echo_reduction_db(self) -> float | None:
+        """How much quieter the echo canceller made the microphone while the speaker played (its echo return loss
+        enhancement when only the assistant spoke), dB; None before anything played or with no echo at all."""
+        if self._echo_in < 1e-6:
+            return None
+        return float(10 * np.log10(self._echo_in / max(self._echo_out, 1e-12)))
 
     def _lose(self, part: str, message: str) -> None:
         if part == "speaker":

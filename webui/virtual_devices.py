@@ -1,7 +1,8 @@
 """Real audio devices without a sound card, for the presenter mode's tests and benchmarks: a private PulseAudio
 server (a child process) with a virtual microphone that `paplay` speaks into and a virtual speaker whose monitor is
 listened to, an optional echo path from the speaker into the microphone, and a camera stand-in (a y4m FIFO written
-by ffmpeg at camera pace). PortAudio reaches the server through ALSA's pulse plugin: a process under test gets
+by ffmpeg at camera pace), and a model that speaks a given recording (an echo test needs answers that are speech).
+PortAudio reaches the server through ALSA's pulse plugin: a process under test gets
 `env()` (set before PyAudio starts). The recipe and its pitfalls: shared/reference/local-audio.md."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from omni.events import AudioChunk, Finished, Result, Stats, TextDelta
 
 DEFAULT_PA = """.fail
 load-module module-native-protocol-unix auth-anonymous=1 socket={run}/native
@@ -160,3 +163,35 @@ class CameraFifo:
     def stop(self) -> None:
         self._p.kill()
         self._p.wait()
+
+
+class VoiceModel:
+    """Answers every question with the same recording (int16, 24 kHz), in 0.34 s chunks `speed` x faster than
+    real time; honours cancel. Stands in for the model where the answer must be real speech (an echo test)."""
+
+    def __init__(self, pcm: np.ndarray, text: str, speed: float = 2.0):
+        self.pcm, self.text, self.speed = pcm, text, speed
+        self.calls = 0
+
+    def stream(self, task, audio=None, image=None, text=None, options=None, stride=4, mode="smooth", cancel=None):
+        cancel = cancel or threading.Event()
+        self.calls += 1
+        t0 = time.monotonic()
+        stats = Stats(task=task, prompt_length=10)
+        time.sleep(0.2)
+        yield TextDelta(self.text)
+        chunk = int(0.34 * 24000)
+        for i in range(0, len(self.pcm), chunk):
+            if cancel.is_set():
+                break
+            piece = self.pcm[i:i + chunk]
+            stats.audio_seconds += len(piece) / 24000
+            stats.steps += 4
+            if stats.time_to_first_audio_s is None:
+                stats.time_to_first_audio_s = time.monotonic() - t0
+            yield AudioChunk(piece)
+            time.sleep(len(piece) / 24000 / self.speed)
+        stats.cancelled = cancel.is_set()
+        stats.stop_reason = "cancelled" if stats.cancelled else "eoa"
+        stats.total_s = stats.decode_s = time.monotonic() - t0
+        yield Finished(Result(task, 10, [], [], self.text, self.pcm, stats))
