@@ -147,7 +147,6 @@ class PresenterApp:
         Returns the session's folder if kept."""
         self.link.stop()
         self.devs.close()
-        self.link.canceller = self.canceller = None
         kept = None
         if self.engine.keep_recordings and self.session.history:
             self.session.wait_idle(2.0)

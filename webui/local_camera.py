@@ -15,6 +15,7 @@ import numpy as np
 
 from .local_audio import DeviceError
 
+OPEN_TIMEOUT_S = 10.0
 LOST_AFTER_S = 2.0  # reads failing this long: the camera is gone
 PREVIEW_WINDOW = "mini-omni2 camera"
 
@@ -60,6 +61,19 @@ def camera_lines() -> list[str]:
     return lines
 
 
+def _open(cv2, src, spec: str):
+    """cv2.VideoCapture, given OPEN_TIMEOUT_S: opening a FIFO nobody writes, or a silent stream, never returns."""
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(cv2.VideoCapture(src, cv2.CAP_FFMPEG) if isinstance(src, str)
+                                                   else cv2.VideoCapture(src)), name="camera-open", daemon=True)
+    t.start()
+    t.join(OPEN_TIMEOUT_S)
+    if not box:
+        raise DeviceError(f"The camera {spec!r} did not open within {OPEN_TIMEOUT_S:.0f} s (a FIFO nobody writes to, "
+                          f"a stream that sends nothing?). Start its sender first, or try --camera none.")
+    return box[0]
+
+
 class Camera:
     """An open camera and its reader thread. `on_frame(rgb)` gets each frame while the camera is on and None
     when it is turned off; `on_lost(message)` is called once if the camera stops delivering."""
@@ -67,8 +81,7 @@ class Camera:
     def __init__(self, spec: str, preview: bool = False):
         cv2 = self._cv2 = _cv2()
         self.spec = spec
-        src = source_of(spec)
-        self._cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG) if isinstance(src, str) else cv2.VideoCapture(src)
+        self._cap = _open(cv2, source_of(spec), spec)
         if not self._cap.isOpened():
             self._cap.release()
             raise DeviceError(f"The camera {spec!r} could not be opened (no such device, file or stream). "
