@@ -23,6 +23,18 @@ from .local_view import Keys, LineView, TerminalView, ViewState
 log = logging.getLogger("webui")
 
 TICK_S = 0.1  # the view and the device watchdogs
+# the latest turn's figures in the view: key of turn_figures -> (label, format)
+FIGURES = {"status": ("status", "{}"), "frame": ("camera frame", "{}"),
+           "speech_end_to_first_audio_at_speaker_s": ("end of speech → first audio at the speaker", "{:.2f} s"),
+           "speech_end_to_first_audio_s": ("  … handed to the speaker", "{:.2f} s"),
+           "steps_per_s": ("decode steps/s", "{:.1f}"), "rtf": ("real-time factor", "{:.2f}"),
+           "onset_to_silence_at_speaker_s": ("barge-in onset → silence at the speaker", "{:.3f} s"),
+           "interrupted_by": ("interrupted by", "{}"), "played_s": ("speech played", "{:.1f} s")}
+
+
+def _tail(text: str, n: int) -> str:
+    return text if len(text) <= n else "…" + text[-n:]
+
 
 
 def list_devices(args) -> int:
@@ -234,12 +246,13 @@ class PresenterApp:
             if t.image_source == "webcam":
                 said += f"  [+ camera frame {self.frame_sizes.get(t.index, '')}]"
             v.turns.append((t.index, "You", said))
-            v.turns.append((t.index, "Omni", (t.assistant_text or "…") + ("" if t.status in ("done", "running",
+            v.turns.append((t.index, "Omni", _tail(t.assistant_text or "…", 240) + ("" if t.status in ("done", "running",
                                                                                          "speaking", "queued")
                                                                           else f"  [{t.status}]")))
         if snap["turns"]:
-            v.figures = [(k.replace("_", " "), str(val)) for k, val in self.turn_figures(snap["turns"][-1]).items()
-                         if val not in (None, "") and k not in ("text", "index", "task", "kind")]
+            figures = self.turn_figures(snap["turns"][-1])
+            v.figures = [(label, unit.format(figures[k])) for k, (label, unit) in FIGURES.items()
+                         if figures.get(k) not in (None, "")]
         return v
 
     def _state(self, snap: dict) -> str:
