@@ -64,11 +64,13 @@ def test_question_with_camera_then_stop_omni_then_ctrl_c(pulse, camera, endless_
 
 
 def test_push_to_talk(pulse, tmp_path):
-    """Space starts a recording (the live detector hears nothing meanwhile), space again sends it as a question."""
-    app = App(["--checkpoint", "tiny", "--camera", "none", "--max-new-tokens", "16"], pulse.env(),
+    """Space starts a recording (the live detector hears nothing meanwhile), space again sends it as a question.
+    (--preview, where OpenCV has no GUI, is said once.)"""
+    app = App(["--checkpoint", "tiny", "--camera", "none", "--max-new-tokens", "16", "--preview"], pulse.env(),
               tmp_path / "app.log")
     try:
-        app.wait_for("[state] listening")
+        text = app.wait_for("[state] listening")
+        assert "--preview: this OpenCV has no GUI support" in text  # opencv-python-headless: said, not a crash
         app.key(" ")
         app.wait_for("[state] recording")
         proc, _ = pulse.say(timeline(silence(0.3), speech(QUESTION), silence(1.2)), 16000)
