@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from local_fixtures import ROOT, App, SpeakerMonitor, app_cmd, camera, endless_ckpt, pulse, speech_span  # noqa: F401
+from local_fixtures import ROOT, App, SpeakerMonitor, app_cmd, camera, endless_ckpt, pulse, speech_span  # noqa: F401  (pytest fixtures)
 
 from webui.simulate import silence, speech, timeline
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from local_fixtures import ROOT, App, app_cmd, camera, endless_ckpt, pulse, speech_span  # noqa: F401
+from local_fixtures import ROOT, App, app_cmd, endless_ckpt, pulse  # noqa: F401  (pytest fixtures)
 
 from webui.simulate import silence, speech, timeline
 
