@@ -7,7 +7,8 @@ y4m FIFO at camera pace, as the tests use (webui/virtual_devices.py). Prints:
      camera on (`python app.py --ui local` as a child process, the real model on `--checkpoint`);
   2. echo-path false interrupts out of `--answers` answers under the default settings: the speaker looped back
      into the microphone, answers that are speech and say "stop omni" after a pause (the presenter front-end in
-     this process on a model that speaks a recording), and the echo canceller's reduction of that echo.
+     this process on a model that speaks a recording), the echo canceller's reduction of that echo, and how many
+     of `--user-stops` "stop omni"s said by the user over that echo stopped the answer.
 Example:
     .venv/bin/python scripts/local_latency.py                       # tiny checkpoint whose answers run long
     .venv/bin/python scripts/local_latency.py --checkpoint checkpoints --quantize int8
@@ -124,7 +125,7 @@ def echo_path(a, server, folder: Path) -> dict:
                            events=None)
     engine = Engine(model, EngineConfig(), transcriber=make_transcriber("auto"), recordings_dir=str(folder / "rec"))
     app = PresenterApp(engine, engine.new_session(), Devices(args), args)
-    server.echo_path(True)
+    server.echo_path(True, volume=a.echo_volume)
     t = threading.Thread(target=app.run, kwargs={"view": LineView(io.StringIO())}, daemon=True)
     t.start()
     try:
@@ -133,11 +134,23 @@ def echo_path(a, server, folder: Path) -> dict:
             wait(lambda: len(app.session.history) > i and app.session.history[i].status in
                  ("done", "interrupted", "error"), 60)
             time.sleep(0.5)
-        turns = app.session.history
+        turns = list(app.session.history)
         erle = app.link.echo_reduction_db()
+        heard = 0
+        for i in range(a.user_stops):  # the user's own "stop omni" 1 s into an answer, over its echo
+            n = len(app.session.history)
+            say(server, QUESTIONS[i % len(QUESTIONS)])
+            wait(lambda: len(app.session.history) > n and app.session.current is not None
+                 and app.session.current.status == "speaking", 60)
+            time.sleep(1.0)
+            say(server, "stop omni", lead=0.1)
+            heard += wait(lambda: app.session.history[-1].status == "interrupted", 8)
+            wait(lambda: app.session.current is None, 30)
+            time.sleep(0.5)
         return {"answers": len(turns), "false_interrupts": sum(t.status == "interrupted" for t in turns),
                 "pauses_for_a_possible_command": sum(t.timings.ducks for t in turns),
-                "echo_reduction_db": round(erle, 1) if erle is not None else None}
+                "echo_reduction_db": round(erle, 1) if erle is not None else None,
+                "echo_volume": a.echo_volume, "user_stops_heard": f"{heard} of {a.user_stops}"}
     finally:
         app.quit.set()
         t.join(10)
@@ -152,6 +165,10 @@ def main() -> int:
     ap.add_argument("--quantize", choices=["int8"], default=None)
     ap.add_argument("--questions", type=int, default=3)
     ap.add_argument("--answers", type=int, default=5, help="answers over the echo path (default 5)")
+    ap.add_argument("--user-stops", type=int, default=3, help="then answers the user stops with 'stop omni' over "
+                    "the echo (default 3)")
+    ap.add_argument("--echo-volume", default="100%", help="the echo path's PulseAudio volume (default 100%%; "
+                    "70%% is about -9 dB)")
     ap.add_argument("--stop-after", type=float, default=8.0, help="seconds of an answer heard before 'stop omni' "
                     "(default 8: with no echo path the canceller needs a few seconds to learn that)")
     a = ap.parse_args()

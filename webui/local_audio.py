@@ -19,6 +19,7 @@ import numpy as np
 
 BLOCK_S = 0.01  # PortAudio buffer: 10 ms, also the echo canceller's frame
 LOUD = 300  # int16 peak above which a buffer is sound, not silence (-40 dBFS)
+ONSET_GAP_S = 0.3  # silence this long before a sound makes it a new one (an answer, not the next word)
 LOST_AFTER_S = 1.5  # a stream whose callback has not run this long has lost its device
 TRY = ("Run `python app.py --ui local --list-devices` to see the devices, choose one with --mic/--speaker, "
        "or use the browser UIs (python app.py).")
@@ -178,7 +179,7 @@ class Microphone:
         import pyaudio
 
         self.device, self.rate = dev, rate
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=200)
+        self._queue: queue.Queue[tuple[float, np.ndarray]] = queue.Queue(maxsize=200)
         self.last_callback = time.monotonic()
         self.stream = _open(pa, "microphone", dev, format=pyaudio.paInt16, channels=1, rate=rate, input=True,
                             input_device_index=dev.index, frames_per_buffer=int(rate * BLOCK_S),
@@ -189,7 +190,7 @@ class Microphone:
         import pyaudio
 
         self.last_callback = time.monotonic()
-        block = np.frombuffer(data, np.int16).copy()
+        block = (self.last_callback, np.frombuffer(data, np.int16).copy())
         try:
             self._queue.put_nowait(block)
         except queue.Full:
@@ -198,7 +199,8 @@ class Microphone:
             self._queue.put_nowait(block)
         return None, pyaudio.paContinue
 
-    def read(self, timeout: float) -> np.ndarray | None:
+    def read(self, timeout: float) -> tuple[float, np.ndarray] | None:
+        """(when the block came, the block), or None after `timeout`."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -213,10 +215,10 @@ class Microphone:
 
 class Speaker:
     """Output stream: plays what `push` queued (int16 mono at the device rate), silence otherwise. `flush` drops
-    the queue: PortAudio holds one 10 ms buffer, so the speaker is quiet within that. `on_played` receives each
-    buffer as it goes out (the echo canceller's reference)."""
+    the queue: PortAudio holds one 10 ms buffer, so the speaker is quiet within that. `on_played(time, buffer)`
+    receives each buffer as it goes out (the echo canceller's reference)."""
 
-    def __init__(self, pa, dev: Device, rate: int, on_played: Callable[[np.ndarray], None] | None = None):
+    def __init__(self, pa, dev: Device, rate: int, on_played: Callable[[float, np.ndarray], None] | None = None):
         import pyaudio
 
         self.device, self.rate = dev, rate
@@ -227,8 +229,8 @@ class Speaker:
         self.on_played = on_played
         self.last_callback = time.monotonic()
         self.latency_s = 0.0  # PortAudio's figure, once the stream is open (its callback may run before)
-        self.loud_at: float | None = None  # when the latest sound began at the speaker (after silence)
-        self.quiet_at: float | None = None  # when the speaker went quiet after sound
+        self.loud_at: float | None = None  # when the latest sound began at the speaker, after ONSET_GAP_S of silence
+        self.last_loud: float | None = None  # when the latest loud buffer reaches the speaker
         self.flushed_at: float | None = None  # the latest flush, and when the speaker was silent after it
         self.silent_after_flush_at: float | None = None
         self.stream = _open(pa, "speaker", dev, format=pyaudio.paInt16, channels=1, rate=rate, output=True,
@@ -280,12 +282,12 @@ class Speaker:
         loud = bool(np.abs(out).max() > LOUD) if len(out) else False
         if self.flushed_at is not None and self.silent_after_flush_at is None and not loud:
             self.silent_after_flush_at = at  # the first buffer made after the flush: what PortAudio held is gone
-        if loud and (self.loud_at is None or (self.quiet_at is not None and self.quiet_at >= self.loud_at)):
-            self.loud_at = at
-        elif not loud and self.loud_at is not None and (self.quiet_at is None or self.quiet_at < self.loud_at):
-            self.quiet_at = at
+        if loud:
+            if self.last_loud is None or at - self.last_loud > ONSET_GAP_S:
+                self.loud_at = at  # sound after silence (not a gap between words)
+            self.last_loud = at
         if self.on_played is not None:
-            self.on_played(out)
+            self.on_played(now, out)
         return out.tobytes(), pyaudio.paContinue
 
     def lost(self) -> bool:

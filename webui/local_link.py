@@ -23,6 +23,7 @@ from .vad import SAMPLE_RATE as VAD_RATE
 log = logging.getLogger("webui")
 
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms of speech per pull, as the browser transport
+ONSET_MUTE_S = 0.5  # with the echo canceller: the microphone is silenced this long when a sound starts (_at_onset)
 
 
 class AudioLink:
@@ -36,14 +37,15 @@ class AudioLink:
         self.muted = False
         self.level = 0.0  # the microphone's loudness after echo cancellation (RMS of the latest block, 0..1)
         self._ptt: list[np.ndarray] | None = None  # push-to-talk: the question being recorded, else None
-        self._far: deque[np.ndarray] = deque()  # what the speaker played, for the echo canceller
+        self._far: deque[tuple[float, np.ndarray]] = deque(maxlen=500)  # (when, what) the speaker played, 5 s
         self._generation = 0  # bumped by each flush: speech pulled before it is not queued after it
         # the microphone's energy before and after the echo canceller while the speaker plays (its ERLE, live)
         self._echo_in = self._echo_out = 0.0
+        self._raw = np.zeros(0, np.int16)  # the microphone's audio the canceller has not given back yet
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         if speaker is not None and canceller is not None:
-            speaker.on_played = self._far.append
+            speaker.on_played = lambda t, out: self._far.append((t, out))
             canceller.set_delay_ms(1000 * (speaker.latency_s + (mic.latency_s if mic else 0.0)))
 
     def start(self) -> None:
@@ -124,21 +126,28 @@ class AudioLink:
         resampler = soxr.ResampleStream(mic.rate, VAD_RATE, 1, dtype="int16")
         far_resampler = soxr.ResampleStream(self.speaker.rate, VAD_RATE, 1, dtype="int16") if self.speaker else None
         while not self._stop.is_set():
-            block = mic.read(0.2)
-            if block is None:
+            got = mic.read(0.2)
+            if got is None:
                 if mic.lost():
                     self._lose("microphone", f"The microphone {mic.device.name!r} stopped (unplugged?): going on "
                                              f"without it; restart to use another (--list-devices).")
                     return
                 continue
+            when, block = got
             pcm = resampler.resample_chunk(block)
             if self.canceller is not None:
-                while self._far:  # what was played up to now, before the microphone's audio of the same time
-                    self.canceller.far(far_resampler.resample_chunk(self._far.popleft()))
-                raw, pcm = pcm, self.canceller.near(pcm)
+                # what was played up to when this block was heard, then the block: the two streams keep their
+                # timing even when this thread falls behind (AEC3 loses the echo when they jump about)
+                while self._far and self._far[0][0] <= when:
+                    self.canceller.far(far_resampler.resample_chunk(self._far.popleft()[1]))
+                self._raw = np.concatenate([self._raw, pcm])
+                pcm = self.canceller.near(pcm)
+                raw, self._raw = self._raw[:len(pcm)], self._raw[len(pcm):]  # the frames the canceller gave back
                 if self._playing():
-                    self._echo_in += float(np.sum((raw.astype(np.float64) / 32768) ** 2)) / max(1, len(raw))
-                    self._echo_out += float(np.sum((pcm.astype(np.float64) / 32768) ** 2)) / max(1, len(pcm))
+                    self._echo_in += float(np.mean((raw.astype(np.float64) / 32768) ** 2)) if len(raw) else 0.0
+                    self._echo_out += float(np.mean((pcm.astype(np.float64) / 32768) ** 2)) if len(pcm) else 0.0
+                if self._at_onset(when):
+                    pcm = np.zeros_like(pcm)
             if not len(pcm):
                 continue
             self.level = float(np.sqrt(np.mean((pcm.astype(np.float32) / 32768) ** 2)))
@@ -152,11 +161,19 @@ class AudioLink:
             except Exception:  # a session that failed must not take the microphone thread down silently
                 log.exception("feeding the microphone failed")
 
+    def _at_onset(self, when: float) -> bool:
+        """Whether this microphone block may hold the echo of a sound's first moments after silence (an answer
+        starting): AEC3 lets a little of those through, enough for the turn detector, and an utterance that starts
+        there is taken for the assistant's own voice and ignored to its end, your "stop omni" with it. The engine
+        ignores speech that begins in the answer's first 0.3 s anyway (its echo guard)."""
+        spk = self.speaker
+        return spk is not None and spk.loud_at is not None and spk.loud_at - 0.05 <= when <= spk.loud_at + ONSET_MUTE_S
+
     def _playing(self) -> bool:
         spk = self.speaker
         if spk is None or spk.loud_at is None:
             return False
-        return spk.quiet_at is None or spk.quiet_at < spk.loud_at or time.monotonic() - spk.quiet_at < 0.3
+        return time.monotonic() - spk.last_loud < 0.3
 
     def echo_reduction_db(self) -> float | None:
         """How much quieter the echo canceller made the microphone while the speaker played (its echo return loss

@@ -83,14 +83,28 @@ class PulseServer:
     def pactl(self, *args: str) -> str:
         return subprocess.run(["pactl", *args], env=self.env(), capture_output=True, text=True, check=True).stdout
 
-    def echo_path(self, on: bool = True, latency_ms: int = 60) -> None:
-        """The speaker's sound into the microphone, as a laptop's microphone hears its speakers."""
+    def echo_path(self, on: bool = True, latency_ms: int = 60, volume: str = "100%") -> None:
+        """The speaker's sound into the microphone, as a laptop's microphone hears its speakers; `volume` is
+        PulseAudio's (cubic: 70% is about -9 dB)."""
         if on and self.echo_module is None:
             self.echo_module = self.pactl("load-module", "module-loopback", "source=spk.monitor", "sink=micsink",
                                           f"latency_msec={latency_ms}").strip()
+            if volume != "100%":
+                self.pactl("set-sink-input-volume", self._input_of(self.echo_module), volume)
         elif not on and self.echo_module is not None:
             self.pactl("unload-module", self.echo_module)
             self.echo_module = None
+
+    def _input_of(self, module: str) -> str:
+        """The sink input a module owns (`pactl list sink-inputs`: "Sink Input #N" ... "Owner Module: M")."""
+        current = None
+        for line in self.pactl("list", "sink-inputs").splitlines():
+            line = line.strip()
+            if line.startswith("Sink Input #"):
+                current = line.split("#", 1)[1]
+            elif line == f"Owner Module: {module}" and current is not None:
+                return current
+        raise RuntimeError(f"no sink input of module {module}")
 
     def say(self, audio: np.ndarray, rate: int) -> tuple[subprocess.Popen, float]:
         """Play float32 audio into the microphone; returns the paplay process and when it started."""
