@@ -20,6 +20,7 @@ import numpy as np
 BLOCK_S = 0.01  # PortAudio buffer: 10 ms, also the echo canceller's frame
 LOUD = 300  # int16 peak above which a buffer is sound, not silence (-40 dBFS)
 ONSET_GAP_S = 0.3  # silence this long before a sound makes it a new one (an answer, not the next word)
+ANSWER_GAP_S = 1.5  # ... and this long, a new answer
 LOST_AFTER_S = 1.5  # a stream whose callback has not run this long has lost its device
 TRY = ("Run `python app.py --ui local --list-devices` to see the devices, choose one with --mic/--speaker, "
        "or use the browser UIs (python app.py).")
@@ -231,6 +232,7 @@ class Speaker:
         self.latency_s = 0.0  # PortAudio's figure, once the stream is open (its callback may run before)
         self.loud_at: float | None = None  # when the latest sound began at the speaker, after ONSET_GAP_S of silence
         self.last_loud: float | None = None  # when the latest loud buffer reaches the speaker
+        self.answer_at: float | None = None  # when the latest sound after ANSWER_GAP_S of silence began
         self.flushed_at: float | None = None  # the latest flush, and when the speaker was silent after it
         self.silent_after_flush_at: float | None = None
         self.stream = _open(pa, "speaker", dev, format=pyaudio.paInt16, channels=1, rate=rate, output=True,
@@ -285,6 +287,8 @@ class Speaker:
         if loud:
             if self.last_loud is None or at - self.last_loud > ONSET_GAP_S:
                 self.loud_at = at  # sound after silence (not a gap between words)
+            if self.last_loud is None or at - self.last_loud > ANSWER_GAP_S:
+                self.answer_at = at  # sound after a long silence: an answer starting
             self.last_loud = at
         if self.on_played is not None:
             self.on_played(now, out)

@@ -23,7 +23,7 @@ from .vad import SAMPLE_RATE as VAD_RATE
 log = logging.getLogger("webui")
 
 FRAME_SAMPLES = OUT_RATE // 50  # 20 ms of speech per pull, as the browser transport
-ONSET_MUTE_S = 0.5  # with the echo canceller: the microphone is silenced this long when a sound starts (_at_onset)
+ONSET_MUTE_S = 0.5  # with the echo canceller: the microphone is silenced this long as an answer starts (_at_onset)
 
 
 class AudioLink:
@@ -162,12 +162,13 @@ class AudioLink:
                 log.exception("feeding the microphone failed")
 
     def _at_onset(self, when: float) -> bool:
-        """Whether this microphone block may hold the echo of a sound's first moments after silence (an answer
-        starting): AEC3 lets a little of those through, enough for the turn detector, and an utterance that starts
+        """Whether this microphone block may hold the echo of an answer's first moments (its first sound after a
+        long silence): AEC3 lets a little of those through, enough for the turn detector, and an utterance that starts
         there is taken for the assistant's own voice and ignored to its end, your "stop omni" with it. The engine
         ignores speech that begins in the answer's first 0.3 s anyway (its echo guard)."""
         spk = self.speaker
-        return spk is not None and spk.loud_at is not None and spk.loud_at - 0.05 <= when <= spk.loud_at + ONSET_MUTE_S
+        start = spk.answer_at if spk is not None else None
+        return start is not None and start - 0.05 <= when <= start + ONSET_MUTE_S
 
     def _playing(self) -> bool:
         spk = self.speaker
