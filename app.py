@@ -2,7 +2,7 @@
 
 This file only parses arguments, makes sure the weights are there, and starts a UI; options, weights and loading
 are in webui/startup.py, the conversation in webui/engine.py and webui/session.py, the pages in
-webui/gradio_app.py and webui/streamlit_app.py.
+webui/gradio_app.py and webui/streamlit_app.py, the presenter mode (`--ui local`) in webui/local_app.py.
 """
 
 from __future__ import annotations
