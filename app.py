@@ -2,7 +2,7 @@
 
 This file only parses arguments, makes sure the weights are there, and starts a UI; options, weights and loading
 are in webui/startup.py, the conversation in webui/engine.py and webui/session.py, the pages in
-webui/gradio_app.py and webui/streamlit_app.py.
+webui/gradio_app.py and webui/streamlit_app.py, the presenter mode (`--ui local`) in webui/local_app.py.
 """
 
 from __future__ import annotations
@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except BadOption as e:
         print(f"Bad option: {e}", file=sys.stderr)
         return 2
+    if args.api and args.ui in ("streamlit", "local") or args.ui == "none" and not args.api:
+        print("Bad option: the API (--api) runs beside the Gradio page or alone (--ui none --api).", file=sys.stderr)
+        return 2
+    if args.list_devices:
+        from webui.local_app import list_devices
+        return list_devices(args)
+    if args.ui == "local":  # opens the devices before the weights: a missing microphone is said at once
+        from webui.local_app import run_local
+        return run_local(args)
     try:
         err = ensure_checkpoint(args)
     except KeyboardInterrupt:
@@ -57,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if err:
         print(err, file=sys.stderr)
-        return 2
-    if args.api and args.ui == "streamlit" or args.ui == "none" and not args.api:
-        print("Bad option: the API (--api) runs beside the Gradio page or alone (--ui none --api).", file=sys.stderr)
         return 2
     if args.ui == "streamlit":
         return run_streamlit(args, argv)

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(espeak-ng sox ffmpeg chromium chromium-driver libsndfile1 python3-venv)
+# the presenter mode (--ui local): PortAudio to build pyaudio against; PulseAudio, its ALSA plugin and tmux for
+# its tests (virtual microphone and speaker, the terminal view driven in tmux)
+APT_PACKAGES+=(portaudio19-dev python3-dev gcc pulseaudio pulseaudio-utils libasound2-plugins tmux)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 

@@ -57,8 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="opt-in: open a public Gradio share link")
-    p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit", "none"],
+    p.add_argument("--ui", default="gradio", choices=["gradio", "streamlit", "local", "none"],
                    help="gradio (default) or streamlit: the same live voice, barge-in and typed/uploaded questions; "
+                        "local: presenter mode on this machine's microphone, speaker and camera, in the terminal; "
                         "none: no page (with --api)")
     p.add_argument("--api", action="store_true", help="also serve the OpenAI Realtime API (WebSocket "
                    "ws://HOST:PORT/v1/realtime) beside the Gradio page, on the same model (docs/api.md)")
@@ -92,6 +93,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recordings", default=None, help="keep every session's audio, images and transcript in this "
                                                       "folder, one subfolder per session (default: a private temp "
                                                       "folder, cleaned up when a session ends)")
+    local = p.add_argument_group("presenter mode (--ui local)")
+    local.add_argument("--mic", default=None, help="microphone: index or part of its name (default: the system's)")
+    local.add_argument("--speaker", default=None, help="speaker: index or part of its name (default: the system's)")
+    local.add_argument("--camera", default="auto", help="camera index, a path or URL OpenCV reads (a y4m FIFO, "
+                       "udp://…), or none (default auto: camera 0 if it opens)")
+    local.add_argument("--list-devices", action="store_true", help="list microphones, speakers and cameras; exit")
+    local.add_argument("--preview", action="store_true", help="show the camera in a window (needs OpenCV with GUI "
+                                                               "support; the headless build has none)")
+    local.add_argument("--aec", default="webrtc", choices=["webrtc", "off"], help="echo canceller between speaker "
+                       "and microphone (default webrtc: WebRTC AEC3); with off, use --policy off on speakers")
+    local.add_argument("--audio-rate", type=int, default=None, help="open both devices at this rate, Hz (default: "
+                                                                     "each device's own rate)")
     p.add_argument("--events", default=None, help=argparse.SUPPRESS)  # JSONL event log for the browser tests
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
