@@ -189,3 +189,19 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = F
     write_clip(out / "ViT-B-32.pt", clip, gen)
     write_snac(out / "snac_24khz", snac, gen)
     return out
+
+
+def make_endless_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+    """The tiny checkpoint with its end-of-audio rows zeroed: answers run to the token budget, so one is always
+    playing when a test or a benchmark barges in (random tiny weights otherwise stop at random points)."""
+    from .config import ModelConfig, Vocab
+
+    d = make_tiny_checkpoint(out_dir, seed=seed)
+    v = Vocab.of(ModelConfig.from_dict(yaml.safe_load((d / "model_config.yaml").read_text())))
+    state = torch.load(d / "lit_model.pth", map_location="cpu", weights_only=True)
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        if key in state:
+            for layer in range(7):
+                state[key][v.layershift(v.eoa, layer)] = 0.0
+    torch.save(state, d / "lit_model.pth")
+    return d

@@ -175,10 +175,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         if a.checkpoint is None:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from test_browser_e2e import endless_tiny_checkpoint  # the browser test's long-answer tiny checkpoint
+            from omni.random_checkpoint import make_endless_tiny_checkpoint  # answers run to the token budget
 
-            a.checkpoint = str(endless_tiny_checkpoint(folder / "endless"))
+            a.checkpoint = str(make_endless_tiny_checkpoint(folder / "endless"))
         server = PulseServer().start()
         try:
             rows = latency(a, server, folder)

@@ -38,9 +38,9 @@ def camera(tmp_path):
 @pytest.fixture(scope="session")
 def endless_ckpt(tmp_path_factory) -> Path:
     """The tiny checkpoint whose answers run to the token budget (one is playing when the user says stop)."""
-    from test_browser_e2e import endless_tiny_checkpoint
+    from omni.random_checkpoint import make_endless_tiny_checkpoint
 
-    return endless_tiny_checkpoint(tmp_path_factory.mktemp("endless"))
+    return make_endless_tiny_checkpoint(tmp_path_factory.mktemp("endless"))
 
 
 def app_cmd(*args: str) -> list[str]:

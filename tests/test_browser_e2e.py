@@ -28,6 +28,7 @@ import pytest
 import soundfile as sf
 from webui_fixtures import SR
 
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 from webui.vad import TurnDetector, TurnEnded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,26 +100,6 @@ def media(tmp_path_factory):
     return d, ev[1].t_start
 
 
-def endless_tiny_checkpoint(d: Path) -> Path:
-    """The tiny random checkpoint with its end-of-audio rows zeroed: answers run to the token budget, so one is
-    always playing when the fake user says "stop omni" (random tiny weights otherwise stop at random points)."""
-    import torch
-    import yaml
-
-    import omni
-    from omni.config import ModelConfig, Vocab
-
-    omni.make_tiny_checkpoint(d, seed=0)
-    v = Vocab.of(ModelConfig.from_dict(yaml.safe_load((d / "model_config.yaml").read_text())))
-    state = torch.load(d / "lit_model.pth", map_location="cpu")
-    for key in ("transformer.wte.weight", "lm_head.weight"):
-        if key in state:
-            for layer in range(7):
-                state[key][v.layershift(v.eoa, layer)] = 0.0
-    torch.save(state, d / "lit_model.pth")
-    return d
-
-
 def chromium(p, profile: Path, mic: Path | None = None, cam: Path | None = None, deny_media: bool = False):
     """Headless Debian Chromium whose fake microphone and webcam play `mic` and `cam` (or that is refused media)."""
     args = [f for f in FLAGS if not (deny_media and f == "--use-fake-ui-for-media-stream")]
@@ -161,7 +142,7 @@ def running_app(args: list[str], log_path: Path, ready_url: str, env: dict | Non
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
-    ckpt = endless_tiny_checkpoint(tmp / "tiny")
+    ckpt = make_endless_tiny_checkpoint(tmp / "tiny")
     port, events = free_port(), tmp / "events.jsonl"
     url = f"http://127.0.0.1:{port}/"
     # the app's temp folder apart from --recordings, as for `--recordings ~/rec`: Gradio hands out only files from

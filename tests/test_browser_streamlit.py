@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_browser_e2e import INIT_JS, chromium, endless_tiny_checkpoint, free_port, running_app, sh, wait_for
+from test_browser_e2e import INIT_JS, chromium, free_port, running_app, sh, wait_for
+
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAD_S = 1.0  # silence before the question in the fake microphone's file
@@ -48,7 +50,7 @@ def media(tmp_path_factory):
 @pytest.fixture(scope="module")
 def streamlit_app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stapp")
-    ckpt = endless_tiny_checkpoint(tmp / "tiny")  # answers run to the budget: 1500 steps take a few seconds
+    ckpt = make_endless_tiny_checkpoint(tmp / "tiny")  # answers run to the budget: 1500 steps take a few seconds
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with running_app(["--ui", "streamlit", "--checkpoint", str(ckpt), "--port", str(port), "--recordings",

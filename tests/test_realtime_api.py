@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from realtime_fixtures import ApiServer, audio_of, connect, free_port, spoken
-from test_browser_e2e import endless_tiny_checkpoint
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 80  # an answer of ~6 s of speech
@@ -28,7 +28,7 @@ TOKENS = 80  # an answer of ~6 s of speech
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
-    ckpt = endless_tiny_checkpoint(tmp / "tiny")
+    ckpt = make_endless_tiny_checkpoint(tmp / "tiny")
     srv = ApiServer(["--checkpoint", str(ckpt), "--max-new-tokens", str(TOKENS), "--recordings", str(tmp / "rec")])
     yield srv
     srv.close()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from realtime_fixtures import ApiServer, b64, connect, spoken
-from test_browser_e2e import endless_tiny_checkpoint
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 
 from webui import realtime_protocol as rp
 
@@ -23,7 +23,7 @@ FAIL_TEXT = "please fail now"  # a typed question the injected fault recognises
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    ckpt = endless_tiny_checkpoint(tmp / "tiny")
+    ckpt = make_endless_tiny_checkpoint(tmp / "tiny")
     srv = ApiServer(["--checkpoint", str(ckpt), "--max-new-tokens", "60", "--recordings", str(tmp / "rec"),
                      "--asr", "none"])
     yield srv

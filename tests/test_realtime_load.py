@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 from realtime_fixtures import ApiServer, spoken
-from test_browser_e2e import endless_tiny_checkpoint
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 from webui_fixtures import run_realtime, silence, speech, timeline
 
 from webui.replay import replay
@@ -26,7 +26,7 @@ REPLAYS, TURNS = 3, 20
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("load")
-    srv = ApiServer(["--checkpoint", str(endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens", "40",
+    srv = ApiServer(["--checkpoint", str(make_endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens", "40",
                      "--recordings", str(tmp / "rec")])
     yield srv
     srv.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from realtime_fixtures import ApiServer
-from test_browser_e2e import endless_tiny_checkpoint
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 
 from webui.replay import main
 from webui.replay_script import BadScript, load_script
@@ -22,7 +22,7 @@ SAMPLE = ROOT / "assets" / "examples" / "conversation.jsonl"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replay")
-    srv = ApiServer(["--checkpoint", str(endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens", "70",
+    srv = ApiServer(["--checkpoint", str(make_endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens", "70",
                      "--recordings", str(tmp / "rec")])
     yield srv
     srv.close()
