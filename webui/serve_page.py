@@ -8,13 +8,16 @@ from __future__ import annotations
 COLUMNS = ["replica", "node", "live conversations", "waiting", "per replica"]
 
 
-def replica_table() -> list[list]:
+def replica_rows() -> list[dict]:
     import ray
 
     from .serve_board import board
 
-    rows = ray.get(board().table.remote(), timeout=10)
-    return [[r["replica"], r["node"], r["live"], r["waiting"], r["capacity"]] for r in rows]
+    return ray.get(board().table.remote(), timeout=10)
+
+
+def replica_table() -> list[list]:
+    return [[r["replica"], r["node"], r["live"], r["waiting"], r["capacity"]] for r in replica_rows()]
 
 
 async def ask_a_replica(text: str) -> tuple[str, str]:
@@ -66,6 +69,7 @@ def page_app(api_url: str, banner: str | None):
 
     @web.get("/replicas")
     def replicas():
-        return JSONResponse([dict(zip(COLUMNS, row)) for row in replica_table()])
+        return JSONResponse([{k: r[k] for k in ("replica", "actor", "node", "live", "waiting", "capacity")}
+                             for r in replica_rows()])
 
     return gr.mount_gradio_app(web, build_page(api_url, banner), path="/ui")

@@ -18,13 +18,22 @@ REFUSAL_HEADROOM = 8
 # a replica that is scaled down or redeployed waits this long for its conversations: an answer of 512 tokens
 # at CPU speed fits
 GRACEFUL_S = 120.0
+# Ray's proxy prefers replicas on its own node until they are at Ray's cap: conversations would pile onto the head
+# node's GPU while the others idle. Spread them (the less busy of two replicas) instead.
+SPREAD_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+
+
+def spread_env() -> None:
+    """For Ray processes started from this one (a local Ray, a simulated cluster): read by Serve's proxy."""
+    os.environ.update(SPREAD_ENV)
 
 
 def start_ray(address: str | None) -> None:
     import ray
 
     # replicas import webui/ and omni/ from this checkout, wherever Ray starts their processes
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    spread_env()
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **SPREAD_ENV}
     ray.init(address=address or "local", include_dashboard=False, runtime_env={"env_vars": env},
              logging_level="WARNING", log_to_driver=False, namespace="mini-omni2")
 
