@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -89,17 +90,24 @@ def deploy(plan: ServePlan, argv: list[str], host: str, port: int, banner: str |
 
 
 def shutdown() -> None:
+    """The board, Serve's applications (serve.shutdown gives up after 30 s: a signal sent to the whole process
+    group may have stopped the raylet already), then Ray."""
     import ray
     from ray import serve
 
     from .serve_board import NAME, NAMESPACE
 
     try:
-        serve.shutdown()
         ray.kill(ray.get_actor(NAME, namespace=NAMESPACE))
+        serve.shutdown()
     except Exception:  # Ray already going away: nothing to stop
         pass
     ray.shutdown()
+
+
+def _stop(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the shutdown must not be interrupted again
+    raise KeyboardInterrupt
 
 
 def run(args, argv: list[str], plan: ServePlan, banner: str | None) -> int:
@@ -120,11 +128,14 @@ def run(args, argv: list[str], plan: ServePlan, banner: str | None) -> int:
     except Exception as e:  # a wrong address, a cluster that refuses us: one line
         print(f"Could not start or join Ray ({args.address or 'local'}): {e}", file=sys.stderr)
         return 2
+    # Ray's core worker puts a crash handler on SIGTERM that dumps a stack: stop like Ctrl-C instead
+    signal.signal(signal.SIGTERM, _stop)
     try:
         api_url = deploy(plan, argv, args.host, args.port, banner)
+        pool = f"{plan.replicas} model replica{'s' if plan.replicas > 1 else ''}" if plan.replicas else \
+            f"{plan.min_replicas} to {plan.max_replicas} model replicas"
         say(f"[mini-omni2] Realtime API: {api_url}\n[mini-omni2] Page: http://{args.host}:{args.port}/ui/ "
-            f"({'%d replicas' % plan.replicas if plan.replicas else 'autoscaling %d..%d replicas' % (plan.min_replicas, plan.max_replicas)}, "
-            f"{plan.sessions} conversations each)\n")
+            f"({pool}, {plan.sessions} conversations each)\n")
         sys.stdout.flush()
         while True:
             time.sleep(3600)
