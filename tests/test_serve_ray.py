@@ -18,7 +18,6 @@ import ray  # the Ray Serve extra: scripts/test.sh installs requirements-serve.t
 from realtime_fixtures import Client, free_port
 from test_browser_e2e import endless_tiny_checkpoint
 
-
 SESSIONS, QUEUE = 1, 1  # per replica: small, so that capacity is reached with a few clients
 TOKENS = 60
 
@@ -218,9 +217,10 @@ def test_the_page_shows_the_replicas_and_answers_through_a_handle(cluster):
 def test_autoscaling_grows_under_four_conversations_and_shrinks_after(cluster):
     """Last in the module: it redeploys the model replicas as an autoscaling pool (1 to 3, two conversations
     each, the target one connection a replica)."""
+    from ray import serve
+
     from webui.serve_options import ServePlan
     from webui.serve_ray import MODEL_APP, model_deployment
-    from ray import serve
 
     argv = ["--checkpoint", "tiny", "--asr", "none", "--max-new-tokens", str(TOKENS)]
     serve.run(model_deployment(ServePlan(None, 1, 3, 2, 2), argv), name=MODEL_APP, route_prefix="/v1")

@@ -30,7 +30,7 @@ class Admission:
             async with self._freed:
                 await asyncio.wait_for(self._freed.wait_for(lambda: self.live < self.capacity), self.wait_s)
                 self.live += 1
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Full(f"No conversation became free within {self.wait_s:.0f} s. Try again in a minute.") from None
         finally:
             self.waiting -= 1

@@ -47,8 +47,9 @@ def model_resources() -> dict:
 
 
 def model_deployment(plan: ServePlan, argv: list[str]):
-    from .serve_replica import ModelReplica
     from ray import serve
+
+    from .serve_replica import ModelReplica
 
     scale = {"num_replicas": plan.replicas} if plan.replicas is not None else {"autoscaling_config": {
         "min_replicas": plan.min_replicas, "max_replicas": plan.max_replicas,
