@@ -34,6 +34,21 @@ def run_streamlit(args, argv: list[str]) -> int:
     os.execv(sys.executable, cmd)  # streamlit takes this process over: stopping app.py stops the server
 
 
+def run_serve(args, argv: list[str]) -> int:
+    """--serve ray: the API and a page over a pool of model replicas (webui/serve_ray.py, docs/scale-out.md)."""
+    from webui.serve_options import serve_plan
+
+    try:
+        plan = serve_plan(args)
+    except ValueError as e:
+        print(f"Bad option: {e}", file=sys.stderr)
+        return 2
+    from webui.serve_ray import run
+
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    return run(args, argv, plan, TINY_BANNER if is_tiny(args.checkpoint) else None)
+
+
 def _stop_like_ctrl_c(signum, frame) -> None:
     # once: a second SIGTERM (e.g. `timeout` and `pkill` both signalling) must not break the orderly close
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -69,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.ui == "streamlit":
         return run_streamlit(args, argv)
+    if args.serve == "ray":
+        return run_serve(args, argv)
 
     from webui.gradio_app import OmniApp, launch
     app = OmniApp(args)

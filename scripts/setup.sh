@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the app and the tests need: Debian packages, then a virtualenv at .venv with the
 # pinned requirements. Safe to run again: it skips what is already in place.
+# --serve: also the optional Ray Serve extra (requirements-serve.txt, for `python app.py --serve ray`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SERVE=0
+if [ "${1:-}" = "--serve" ]; then SERVE=1; fi
 
 APT_PACKAGES=(espeak-ng sox ffmpeg chromium chromium-driver libsndfile1 python3-venv)
 # the presenter mode (--ui local): PortAudio to build pyaudio against; PulseAudio, its ALSA plugin and tmux for
@@ -28,8 +31,17 @@ fi
 PY=${PYTHON:-python3}
 stamp=".venv/.requirements.sha256"
 want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+install_serve() {  # the optional extra, with a stamp of its own: the default install is unchanged
+  local serve_stamp=".venv/.requirements-serve.sha256" serve_want
+  serve_want=$(sha256sum requirements-serve.txt | cut -d' ' -f1)
+  if [ -f "$serve_stamp" ] && [ "$(cat "$serve_stamp")" = "$serve_want" ]; then return; fi
+  echo "[setup] installing the Ray Serve extra (requirements-serve.txt, about 500 MB)"
+  .venv/bin/python -m pip install -q -r requirements-serve.txt
+  echo "$serve_want" > "$serve_stamp"
+}
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] .venv is up to date"
+  if [ "$SERVE" = 1 ]; then install_serve; fi
   exit 0
 fi
 echo "[setup] creating .venv and installing the pinned requirements (a few minutes the first time)"
@@ -39,4 +51,5 @@ echo "[setup] creating .venv and installing the pinned requirements (a few minut
 # openai-whisper without its triton dependency (1 GB, GPU-only); its real dependencies are in requirements.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 echo "$want" > "$stamp"
+if [ "$SERVE" = 1 ]; then install_serve; fi
 echo "[setup] done"

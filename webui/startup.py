@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
                                                                      "each device's own rate)")
     p.add_argument("--events", default=None, help=argparse.SUPPRESS)  # JSONL event log for the browser tests
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from .serve_options import add_serve_options
+
+    add_serve_options(p)
     return p
 
 

@@ -1,0 +1,48 @@
+"""A model replica's admission (webui/serve_admission.py): K live, Q waiting in order, then a clear refusal; a
+waiter gets the slot that frees; a wait has a limit. Plain asyncio, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from webui.serve_admission import Admission, Full
+
+
+def test_k_live_then_q_waiting_then_refused_and_a_waiter_gets_the_freed_slot():
+    async def go():
+        gate = Admission(live=2, queue=1, wait_s=30)
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def conversation(name: str):
+            async with gate.slot():
+                order.append(name)
+                await release.wait()
+
+        first = [asyncio.create_task(conversation(n)) for n in ("a", "b")]
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(conversation("c"))
+        await asyncio.sleep(0.05)
+        assert (gate.live, gate.waiting, order) == (2, 1, ["a", "b"])
+        with pytest.raises(Full, match="The demo is full: 2 conversations are live here and 1 are waiting"):
+            async with gate.slot():
+                pass
+        release.set()
+        await asyncio.gather(*first, waiter)
+        assert order == ["a", "b", "c"] and (gate.live, gate.waiting) == (0, 0)
+
+    asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def test_a_wait_that_runs_out_is_refused_and_leaves_the_queue():
+    async def go():
+        gate = Admission(live=1, queue=1, wait_s=0.2)
+        async with gate.slot():
+            with pytest.raises(Full, match="No conversation became free within"):
+                async with gate.slot():
+                    pass
+            assert (gate.live, gate.waiting) == (1, 0)
+
+    asyncio.run(asyncio.wait_for(go(), 10))
