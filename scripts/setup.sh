@@ -31,12 +31,17 @@ fi
 PY=${PYTHON:-python3}
 stamp=".venv/.requirements.sha256"
 want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+STARLETTE_FOR_GRADIO=0.52.1  # what gradio==5.50.0 resolves to in requirements.txt (it needs starlette<1.0)
 install_serve() {  # the optional extra, with a stamp of its own: the default install is unchanged
   local serve_stamp=".venv/.requirements-serve.sha256" serve_want
   serve_want=$(sha256sum requirements-serve.txt | cut -d' ' -f1)
   if [ -f "$serve_stamp" ] && [ "$(cat "$serve_stamp")" = "$serve_want" ]; then return; fi
   echo "[setup] installing the Ray Serve extra (requirements-serve.txt, about 500 MB)"
   .venv/bin/python -m pip install -q -r requirements-serve.txt
+  # ray[serve] lifts starlette past what gradio accepts (see requirements-serve.txt): gradio's comes back, and pip's
+  # resolver would refuse both pins in one install
+  echo "[setup] putting back starlette $STARLETTE_FOR_GRADIO for gradio (pip's note that ray wants starlette>=1.0.1 is expected)"
+  .venv/bin/python -m pip install -q "starlette==$STARLETTE_FOR_GRADIO"
   echo "$serve_want" > "$serve_stamp"
 }
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
