@@ -131,10 +131,9 @@ def main() -> None:
     if a.checkpoint == "tiny":  # random tiny weights stop at random points: the tests' variant runs to the budget
         import tempfile
 
-        sys.path.insert(0, str(ROOT / "tests"))
-        from test_browser_e2e import endless_tiny_checkpoint
+        from omni.random_checkpoint import make_endless_tiny_checkpoint
 
-        a.checkpoint = str(endless_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="serve-figures-")) / "tiny"))
+        a.checkpoint = str(make_endless_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="serve-figures-")) / "tiny"))
     model_args = ["--checkpoint", a.checkpoint, "--device", a.device, "--asr", "none",
                   "--max-new-tokens", str(a.max_new_tokens)]
     single = single_process(model_args, a.rounds)

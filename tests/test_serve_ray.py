@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 import ray  # the Ray Serve extra: scripts/test.sh installs requirements-serve.txt
 from realtime_fixtures import Client, free_port
-from test_browser_e2e import endless_tiny_checkpoint
+from omni.random_checkpoint import make_endless_tiny_checkpoint
 
 SESSIONS, QUEUE = 1, 1  # per replica: small, so that capacity is reached with a few clients
 TOKENS = 60
@@ -30,7 +30,7 @@ def cluster(tmp_path_factory):
     from webui.serve_ray import deploy, shutdown, spread_env, start_ray
 
     spread_env()  # the nodes' processes start from this one
-    ckpt = endless_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
+    ckpt = make_endless_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
     for _ in range(2):
         c.add_node(num_cpus=1, num_gpus=1)
