@@ -28,13 +28,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="app.py",
         description="Mini-Omni2 real-time multimodal assistant: webcam + microphone + text in, streamed speech out. "
-                    "Opens a Gradio page; the model is loaded once and shared by all browser sessions.",
+                    "Opens a Gradio page (or a Streamlit one, a terminal presenter mode on this machine's devices, the "
+                    "OpenAI Realtime API); the model is loaded once and shared by every conversation.",
         epilog="Examples:\n"
                "  python app.py                         # checkpoints/ on 127.0.0.1:7860 (downloaded first if\n"
                f"                                        # missing: {DOWNLOAD_SIZE}, resumable, checksummed)\n"
                "  python app.py --checkpoint tiny       # tiny random weights, offline, for trying the UI\n"
                "  python app.py --no-download           # missing weights: say so and stop, no network\n"
                "  python app.py --quantize int8 --port 8000\n"
+               "  python app.py --ui local              # presenter mode: this machine's mic, speaker and camera\n"
+               "  python app.py --list-devices          # the microphones, speakers and cameras it can use\n"
+               "  python app.py --ui none --api         # only the Realtime API: ws://127.0.0.1:7860/v1/realtime\n"
+               "  python app.py --serve ray --replicas 2  # the API and a page over model replicas (Ray Serve)\n"
                "The microphone needs https or localhost: on a remote machine use an ssh tunnel\n"
                "(ssh -L 7860:127.0.0.1:7860 host) or --share.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
