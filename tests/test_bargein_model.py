@@ -2,6 +2,8 @@
 through the same path as a stop phrase. Real-time timeline, real Silero VAD, a scripted model whose listener stands
 in for a trained one (the trained listener itself is tested in test_train.py)."""
 
+import time
+
 import numpy as np
 from webui_fixtures import Options, ScriptedModel, run_realtime, silence, speech, timeline
 
@@ -69,3 +71,36 @@ def test_a_checkpoint_without_the_signal_is_not_interrupted_and_says_why(tmp_pat
     s, _ = run(tmp_path, model)
     assert s.interrupts == 0 and not model.listeners
     assert any(e["ev"] == "model_policy_unavailable" for e in s.events)
+
+
+class SlowListener(LoudFrameListener):
+    """A listener as slow as a big model on a small CPU would be: 1.5 s for each batch of audio it is given."""
+
+    def add(self, samples24k):
+        time.sleep(1.5)
+        return super().add(samples24k)
+
+
+def test_a_slow_listener_holds_up_neither_the_microphone_nor_playback_and_still_stops_the_answer(tmp_path):
+    model = ListeningModel(speed=1.2)
+    model.interrupt_listener = lambda: model.listeners.append(SlowListener()) or model.listeners[-1]
+    engine = Engine(model, EngineConfig(policy="model"), transcriber=None, recordings_dir=str(tmp_path),
+                    options_cls=Options)
+    s = engine.new_session()
+    feed, slowest = s.feed_audio, [0.0]
+
+    def timed_feed(rate, pcm):
+        t0 = time.monotonic()
+        feed(rate, pcm)
+        slowest[0] = max(slowest[0], time.monotonic() - t0)
+
+    s.feed_audio = timed_feed
+    q = speech(QUESTION)
+    run_realtime(s, timeline(silence(1.0), q, silence(7.0 - len(q) / 16000), speech("stop omni"), silence(5.0)),
+                 extra_s=4.0)
+    engine.close()
+    # on the microphone's thread each 1.5 s call held the session (mic and playback) for as long
+    assert slowest[0] < 1.0
+    turn = s.history[0]
+    assert turn.status == "interrupted" and turn.interrupted_by == "model: irq"
+    assert len(s.history) == 1  # "stop omni" did not become a question

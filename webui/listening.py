@@ -68,7 +68,8 @@ class Listening:
 
     def _model_listens(self, sample_rate: int, pcm: np.ndarray) -> None:
         """Barge-in policy `model`: the mic audio to the checkpoint's interruption listener (omni/listen.py), a new
-        one for each answer; P(irq) over 0.5 on a frame interrupts the answer as a stop phrase would."""
+        one for each answer, on a thread of its own (webui/model_listener.py); irq on a frame interrupts the answer
+        as a stop phrase would (`_irq_heard`)."""
         turn = self._current
         model = self.shared.model
         if turn is None or not getattr(model, "has_interrupt", False):
@@ -78,14 +79,20 @@ class Listening:
             return
         listening = getattr(self, "_irq_listening", None)
         if listening is None or listening[0] is not turn:
-            import soxr
+            from .model_listener import AnswerListener
 
-            listening = self._irq_listening = (turn, model.interrupt_listener(),
-                                               soxr.ResampleStream(sample_rate, 24000, 1, dtype="float32"))
-        from omni.audio import to_mono_float32
+            if listening is not None:
+                listening[1].stop()
+            over = lambda: turn.status not in ("queued", "running", "speaking")  # noqa: E731
+            listening = self._irq_listening = (turn, AnswerListener(
+                model.interrupt_listener(), sample_rate, lambda: self._irq_heard(turn), over))
+        listening[1].add(pcm)
 
-        _, listener, resample = listening
-        if any(p > 0.5 for p in listener.add(resample.resample_chunk(to_mono_float32(pcm)))):
+    def _irq_heard(self, turn: Turn) -> None:
+        """The listener's thread: the model heard a stop command over `turn`."""
+        with self._lock:
+            if turn is not self._current or not self._assistant_active():
+                return  # that answer has ended meanwhile
             now = time.monotonic()
             u = self._barge.utterance
             self._interrupt("model: irq", u.onset if u is not None else now, None, now)
