@@ -102,19 +102,18 @@ def test_terminal_view_in_tmux(pulse, camera, tmp_path):
     tmux(sock, "new-session", "-d", "-x", "110", "-y", "50", *sum((["-e", f"{k}={env[k]}"] for k in keep), []),
          "-c", str(ROOT), cmd)
 
-    def screen_with(needle: str, timeout: float = 90.0) -> str:
+    def screen_with(*needles: str, timeout: float = 90.0) -> str:
+        """The screen once it shows every one of `needles` at once (rich redraws the view while it is captured)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             screen = tmux(sock, "capture-pane", "-p")
-            if needle in screen:
+            if all(n in screen for n in needles):
                 return screen
             time.sleep(0.2)
-        raise AssertionError(f"no {needle!r} on the screen:\n{screen}")
+        raise AssertionError(f"not all of {needles!r} on the screen:\n{screen}")
 
     try:
-        screen = screen_with("LISTENING")
-        assert "presenter mode" in screen and "WebRTC AEC3" in screen and "on 320x240" in screen
-        assert "space push-to-talk" in screen
+        screen_with("LISTENING", "presenter mode", "WebRTC AEC3", "on 320x240", "space push-to-talk")
         tmux(sock, "send-keys", "m")
         screen_with("MUTED")
         tmux(sock, "send-keys", "m")
