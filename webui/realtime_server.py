@@ -43,20 +43,28 @@ async def _deny(ws, status: int, message: str) -> None:
         await ws.close(code=1008, reason=message[:120])
 
 
+async def handshake(ws, key: str | None) -> bool | None:
+    """Checks a connection before it is accepted (the API key, the origin): None once refused, else whether the
+    client speaks the beta protocol (header `OpenAI-Beta: realtime=v1`)."""
+    if key is not None:
+        given = ws.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            await _deny(ws, 401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.")
+            return None
+    if not _origin_ok(ws.headers):
+        await _deny(ws, 403, "WebSocket connections from other web sites are refused.")
+        return None
+    return ws.headers.get("openai-beta", "").replace(" ", "").startswith("realtime=v1")
+
+
 def realtime_endpoint(app, key: str | None):
     """The WebSocket endpoint for an OmniApp (webui/gradio_app.py): waits for the model, then one session per
     connection."""
 
     async def endpoint(ws) -> None:
-        if key is not None:
-            given = ws.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-                await _deny(ws, 401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.")
-                return
-        if not _origin_ok(ws.headers):
-            await _deny(ws, 403, "WebSocket connections from other web sites are refused.")
+        beta = await handshake(ws, key)
+        if beta is None:
             return
-        beta = ws.headers.get("openai-beta", "").replace(" ", "").startswith("realtime=v1")
         await ws.accept()
         await asyncio.to_thread(app.ready.wait, 600)
         if app.engine is None:

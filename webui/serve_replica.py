@@ -7,7 +7,6 @@ the replica's name in what the client is sent, and the page's typed questions th
 # see `ws: WebSocket` as a class, not a string, or it answers a WebSocket with 1008
 
 import asyncio
-import hmac
 import logging
 import threading
 
@@ -16,7 +15,7 @@ from ray import serve
 
 from . import realtime_protocol as rp
 from .realtime_connection import RealtimeConnection
-from .realtime_server import _deny, _origin_ok, api_key
+from .realtime_server import api_key, handshake
 from .serve_admission import Admission, Full
 
 log = logging.getLogger("webui")
@@ -74,14 +73,9 @@ class ModelReplica:
 
     @api.websocket("/realtime")
     async def realtime(self, ws: WebSocket) -> None:
-        given = ws.headers.get("authorization", "")
-        if self.key is not None and not hmac.compare_digest(given.encode(), f"Bearer {self.key}".encode()):
-            await _deny(ws, 401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.")
+        beta = await handshake(ws, self.key)
+        if beta is None:
             return
-        if not _origin_ok(ws.headers):
-            await _deny(ws, 403, "WebSocket connections from other web sites are refused.")
-            return
-        beta = ws.headers.get("openai-beta", "").replace(" ", "").startswith("realtime=v1")
         earlier = ws.query_params.get(SESSION_PARAM)
         await ws.accept()
         try:
