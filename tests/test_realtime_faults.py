@@ -244,3 +244,56 @@ def test_a_full_server_refuses_a_connection_with_a_message(server, monkeypatch):
             await answered(first)  # the open session is not disturbed
 
     run(go())
+
+
+@pytest.mark.parametrize("within_s", [60.0, 0.5])
+def test_a_server_going_away_ends_a_conversation_after_its_answer_and_says_why(server, within_s, monkeypatch):
+    """What a Ray replica being stopped does to each conversation (webui/serve_replica.py): no new turn, the
+    answer under way is finished (or, past the time allowed, stopped) with its response.done, then an `error`
+    and a close with 1012."""
+    import threading
+
+    import webui.realtime_server as rs
+
+    live: list = []
+
+    class Kept(rs.RealtimeConnection):
+        async def serve(self):
+            live.append((self, asyncio.get_running_loop()))
+            await super().serve()
+
+    monkeypatch.setattr(rs, "RealtimeConnection", Kept)
+    ended = threading.Event()
+
+    async def go():
+        async with connect(server.url) as c:
+            start = await typed(c, "tell me about the sea")
+            await c.wait("response.output_audio.delta", start, timeout=60)
+            conn, loop = live[-1]
+            asyncio.run_coroutine_threadsafe(conn.end_after_answer("session_ended", "going away", within_s),
+                                             loop).add_done_callback(lambda _: ended.set())
+            while not conn.ending:
+                await asyncio.sleep(0.01)
+            await c.send({"type": "response.create"})  # a new turn is refused while the conversation ends
+            err = await c.wait("error", start, timeout=30)
+            assert err.error.code == "session_ending", err
+            done = await c.wait("response.done", start, timeout=60)
+            bye = await c.wait("error", start, timeout=30, count=2)
+            t0 = time.monotonic()
+            while not c.closed and time.monotonic() < t0 + 10:
+                await asyncio.sleep(0.05)
+            return c, done, bye
+
+    c, done, bye = run(go())
+    assert ended.wait(10)
+    kinds = c.types()
+    assert kinds.index("response.done") < len(kinds) - 1 and kinds[-1] == "error"  # the goodbye comes last
+    assert bye.error.code == "session_ended" and bye.error.message == "going away"
+    assert getattr(getattr(c.closed, "rcvd", None), "code", None) == 1012, repr(c.closed)
+    assert kinds.count("response.done") == 1 and kinds.count("response.created") == 1
+    if within_s > 10:  # time enough: the answer was played to its end
+        assert done.response.status == "completed", done.response
+        assert done.response.metadata["audio_sent_s"] > 1.0
+    else:  # past the time allowed: stopped, and said so
+        assert done.response.status == "cancelled"
+        assert done.response.status_details.reason == "server_shutdown"

@@ -1,5 +1,6 @@
 """A model replica's admission (webui/serve_admission.py): K live, Q waiting in order, then a clear refusal; a
-waiter gets the slot that frees; a wait has a limit. Plain asyncio, no Ray."""
+waiter gets the slot that frees; a wait has a limit; a replica being stopped tells its waiters why. Plain asyncio,
+no Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from webui.serve_admission import Admission, Full
+from webui.serve_admission import Admission, Closing, Full
 
 
 def test_k_live_then_q_waiting_then_refused_and_a_waiter_gets_the_freed_slot():
@@ -44,5 +45,24 @@ def test_a_wait_that_runs_out_is_refused_and_leaves_the_queue():
                 async with gate.slot():
                     pass
             assert (gate.live, gate.waiting) == (1, 0)
+
+    asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def test_a_closing_replica_tells_waiters_and_newcomers_why_and_keeps_the_live_one():
+    async def go():
+        gate = Admission(live=1, queue=2, wait_s=30)
+        async with gate.slot():
+            waiter = asyncio.create_task(gate.slot().__aenter__())
+            await asyncio.sleep(0.05)
+            assert gate.waiting == 1
+            await gate.close("shutting down: connect again")
+            with pytest.raises(Closing, match="shutting down: connect again"):
+                await waiter
+            with pytest.raises(Closing, match="shutting down"):
+                async with gate.slot():
+                    pass
+            assert (gate.live, gate.waiting) == (1, 0)  # the live conversation ends by itself
+        assert gate.live == 0
 
     asyncio.run(asyncio.wait_for(go(), 10))

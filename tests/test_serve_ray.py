@@ -214,16 +214,56 @@ def test_the_page_shows_the_replicas_and_answers_through_a_handle(cluster):
     assert answer["status"] == "done" and answer["text"] and answer["replica"] in {r["replica"] for r in rows}
 
 
-def test_autoscaling_grows_under_four_conversations_and_shrinks_after(cluster):
-    """Last in the module: it redeploys the model replicas as an autoscaling pool (1 to 3, two conversations
-    each, the target one connection a replica)."""
+REDEPLOYED: list[bool] = []  # the model replicas were redeployed as an autoscaling pool (the last two tests)
+
+
+def redeploy_as_autoscaling_pool() -> None:
+    """Replaces the three model replicas by an autoscaling pool (1 to 3, two conversations each, the target one
+    connection a replica): a redeploy, in which Serve stops every old replica. Once per module."""
     from ray import serve
 
     from webui.serve_options import ServePlan
     from webui.serve_ray import MODEL_APP, model_deployment
 
-    argv = ["--checkpoint", "tiny", "--asr", "none", "--max-new-tokens", str(TOKENS)]
-    serve.run(model_deployment(ServePlan(None, 1, 3, 2, 2), argv), name=MODEL_APP, route_prefix="/v1")
+    if not REDEPLOYED:
+        argv = ["--checkpoint", "tiny", "--asr", "none", "--max-new-tokens", str(TOKENS)]
+        serve.run(model_deployment(ServePlan(None, 1, 3, 2, 2), argv), name=MODEL_APP, route_prefix="/v1")
+        REDEPLOYED.append(True)
+
+
+def test_a_redeploy_ends_each_conversation_after_its_answer_and_the_client_goes_on_elsewhere(cluster):
+    """Next to last in the module: the redeploy stops the replica holding a conversation mid-answer. Its answer is
+    played to the end, then the client is told why (`session_ended`) and the socket closes with 1012; it connects
+    again and is answered by a new replica."""
+    async def go():
+        async with connect(cluster) as c:
+            home = replica_of(c)
+            start = await ask(c, "tell me a long story", audio=True)
+            await c.wait("response.output_audio.delta", start, timeout=120)
+            redeploy = asyncio.create_task(asyncio.to_thread(redeploy_as_autoscaling_pool))
+            bye = await c.wait("error", start, timeout=120)
+            end = time.monotonic() + 30
+            while not c.closed and time.monotonic() < end:
+                await asyncio.sleep(0.1)
+        await redeploy
+        async with AsyncExitStack() as stack:
+            again = await connect_elsewhere(stack, cluster, home)
+            done = await again.wait("response.done", await ask(again, "start over"), timeout=120)
+        return c, bye, done, home, replica_of(again)
+
+    c, bye, again_done, home, new_home = run(go(), timeout=400)
+    kinds = c.types()
+    assert kinds.count("response.created") == kinds.count("response.done") == 1, kinds  # never cut unannounced
+    assert c.of("response.done")[0].response.status == "completed"
+    assert kinds.index("response.done") < kinds.index("error") and kinds[-1] == "error", kinds
+    assert bye.error.code == "session_ended" and "shutting down" in bye.error.message
+    assert getattr(getattr(c.closed, "rcvd", None), "code", None) == 1012, repr(c.closed)
+    assert again_done.response.status == "completed" and new_home != home
+
+
+def test_autoscaling_grows_under_four_conversations_and_shrinks_after(cluster):
+    """Last in the module: on the autoscaling pool of the redeploy above."""
+    redeploy_as_autoscaling_pool()
     wait_for(lambda: len(table(cluster)) == 1, 180, "the pool to shrink to its minimum of one replica")
 
     async def hold(k: int, stop: asyncio.Event):

@@ -88,6 +88,7 @@ class RealtimeConnection:
         self.responses: list[Response] = []
         self.last_index = 0
         self.closed = False
+        self.ending = False  # end_after_answer: no new turns, the answer under way finishes
 
     # ------------------------------------------------------------ sending
 
@@ -132,6 +133,30 @@ class RealtimeConnection:
             # writes the transcript of a --recordings folder: off the event loop
             await asyncio.to_thread(self.engine.close_session, s.id)
 
+    async def end_after_answer(self, code: str, message: str, within_s: float) -> None:
+        """Ends the conversation cleanly (its server is going away): no new turn is taken, the answer under way
+        finishes and gets its response.done (past `within_s` it is stopped, and still gets one), then an `error`
+        says why and the socket closes with 1012 (service restart), so speech is never cut off unannounced."""
+        self.ending = True
+        end = time.monotonic() + within_s
+        while not self.closed and self._answering() and time.monotonic() < end:
+            await asyncio.sleep(TICK_S)
+        if not self.closed and self._answering():
+            await asyncio.to_thread(self.session.interrupt, "server")
+            end = time.monotonic() + 5.0  # the pump sends the stopped answer's response.done
+            while not self.closed and self.responses and time.monotonic() < end:
+                await asyncio.sleep(TICK_S)
+        await self.error(code, message, kind="server_error")
+        self.closed = True
+        try:
+            await self.ws.close(code=1012, reason="server restarting")
+        except Exception:  # the client left first
+            pass
+
+    def _answering(self) -> bool:
+        s = self.session
+        return bool(self.responses) or s.assistant_active or s.vetting_turn is not None
+
     async def read(self) -> None:
         from starlette.websockets import WebSocketDisconnect
 
@@ -174,6 +199,12 @@ class RealtimeConnection:
 
     async def handle(self, req: rp.Request) -> None:
         body, s = req.body, self.session
+        if self.ending:
+            if isinstance(body, rp.AppendAudio):  # heard no more: a new turn would be cut off
+                return
+            if isinstance(body, (rp.CommitAudio, rp.AddItem, rp.CreateResponse)):
+                raise rp.ProtocolError("session_ending", "This conversation is ending (the server is shutting "
+                                       "down) and takes no new turns; connect again to go on.")
         if isinstance(body, rp.AppendAudio):
             self.received += len(body.pcm)
             if self.server_vad:
@@ -417,7 +448,8 @@ class RealtimeConnection:
             return body
         if status == "cancelled":
             # the client's own doing (response.cancel, a new request) or what it said (the stop command)
-            reason = "client_cancelled" if t.interrupted_by in ("cancel", "new message", "") else "turn_detected"
+            reason = "client_cancelled" if t.interrupted_by in ("cancel", "new message", "") else \
+                "server_shutdown" if t.interrupted_by == "server" else "turn_detected"
             body["status_details"] = {"type": "cancelled", "reason": reason, "interrupted_by": t.interrupted_by}
         elif status == "failed":
             body["status_details"] = {"type": "failed", "error": {"type": "server_error", "message": t.error}}

@@ -5,7 +5,7 @@ replica."""
 
 from __future__ import annotations
 
-COLUMNS = ["replica", "node", "live conversations", "waiting", "per replica"]
+COLUMNS = ["replica", "node", "state", "live conversations", "waiting", "per replica"]
 
 
 def replica_rows() -> list[dict]:
@@ -17,7 +17,8 @@ def replica_rows() -> list[dict]:
 
 
 def replica_table() -> list[list]:
-    return [[r["replica"], r["node"], r["live"], r["waiting"], r["capacity"]] for r in replica_rows()]
+    return [[r["replica"], r["node"], r.get("state", "serving"), r["live"], r["waiting"], r["capacity"]]
+            for r in replica_rows()]
 
 
 async def ask_a_replica(text: str) -> tuple[str, str]:
@@ -69,7 +70,8 @@ def page_app(api_url: str, banner: str | None):
 
     @web.get("/replicas")
     def replicas():
-        return JSONResponse([{k: r[k] for k in ("replica", "actor", "node", "live", "waiting", "capacity")}
+        return JSONResponse([{k: r[k] for k in ("replica", "actor", "node", "state", "live", "waiting",
+                                                         "capacity")}
                              for r in replica_rows()])
 
     return gr.mount_gradio_app(web, build_page(api_url, banner), path="/ui")

@@ -16,11 +16,16 @@ from ray import serve
 from . import realtime_protocol as rp
 from .realtime_connection import RealtimeConnection
 from .realtime_server import api_key, handshake
-from .serve_admission import Admission, Full
+from .serve_admission import Admission, Closing, Full
 
 log = logging.getLogger("webui")
 api = FastAPI()
 SESSION_PARAM = "session_id"  # ws://…/v1/realtime?session_id=ID: the conversation a client reconnects to
+# a replica being stopped lets each answer under way finish within this (Ray's graceful_shutdown_timeout_s,
+# serve_ray.GRACEFUL_S, minus time to say goodbye)
+ENDING_S = 100.0
+ENDED = ("This replica is shutting down (the pool is scaled down or redeployed). Your conversation ended after its "
+         "last answer; connect again to go on with a new one on another replica.")
 
 
 class ReplicaConnection(RealtimeConnection):
@@ -57,19 +62,44 @@ class ModelReplica:
         self.admission = Admission(sessions, queue)
         self.key = api_key(self.args)
         self.board = board()
+        self.connections: set[ReplicaConnection] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop the WebSockets are served on
+        self.draining = False
         self._stopped = threading.Event()
         threading.Thread(target=self._report, name="board-report", daemon=True).start()
         log.info("replica %s: %s", self.replica, ready)
 
     def row(self) -> dict:
         return {"replica": self.replica, "actor": self.actor, "node": self.node, "live": self.admission.live,
-                "waiting": self.admission.waiting, "capacity": self.admission.capacity}
+                "waiting": self.admission.waiting, "capacity": self.admission.capacity,
+                "state": "ending" if self.draining else "serving"}
 
     def _report(self) -> None:
+        """Every second: this replica's row to the board, which answers whether Serve is stopping us."""
+        import ray
+
         from .serve_board import REPORT_S
 
         while not self._stopped.wait(REPORT_S):
-            self.board.report.remote(self.row())
+            try:
+                stopping = ray.get(self.board.report.remote(self.row()), timeout=10)
+            except Exception:  # the board restarting: report again next time
+                continue
+            if stopping and not self.draining and self.loop is not None:
+                self.draining = True
+                asyncio.run_coroutine_threadsafe(self._end_conversations(), self.loop)
+
+    async def _end_conversations(self) -> None:
+        """Serve is stopping this replica and waits for its connections: nobody new is let in, waiting clients
+        are told, and each conversation ends after its answer, with an `error` saying why."""
+        log.info("replica %s: stopping, ending %d conversations", self.replica, len(self.connections))
+        await self.admission.close(ENDED)
+        ending: dict[ReplicaConnection, asyncio.Task] = {}
+        while self.connections or not all(t.done() for t in ending.values()):
+            for c in list(self.connections):  # one let in just before the close is ended once its session is up
+                if c not in ending and c.session is not None:
+                    ending[c] = asyncio.create_task(c.end_after_answer("session_ended", ENDED, ENDING_S))
+            await asyncio.sleep(0.2)
 
     @api.websocket("/realtime")
     async def realtime(self, ws: WebSocket) -> None:
@@ -77,6 +107,7 @@ class ModelReplica:
         if beta is None:
             return
         earlier = ws.query_params.get(SESSION_PARAM)
+        self.loop = asyncio.get_running_loop()
         await ws.accept()
         try:
             async with self.admission.slot():
@@ -87,7 +118,15 @@ class ModelReplica:
                         "session_expired", f"Conversation {earlier} is gone (its connection closed or its replica "
                         f"stopped); this is a new conversation on replica {self.replica}: ask again.",
                         kind="warning"))
-                await ReplicaConnection(ws, self.engine, beta, self.replica).serve()
+                conn = ReplicaConnection(ws, self.engine, beta, self.replica)
+                self.connections.add(conn)
+                try:
+                    await conn.serve()
+                finally:
+                    self.connections.discard(conn)
+        except Closing as e:  # stopping: 1012, "service restart", try again (elsewhere)
+            await ws.send_json(rp.error_event("session_ended", str(e), kind="server_error"))
+            await ws.close(code=1012)
         except Full as e:
             await ws.send_json(rp.error_event("server_busy", str(e), kind="server_error"))
             await ws.close(code=1013)
