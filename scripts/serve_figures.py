@@ -3,6 +3,7 @@ single-process app, and first audio as conversations share one replica. Prints n
 
     python scripts/serve_figures.py                       # the tiny checkpoint, on this machine's CPU
     python scripts/serve_figures.py --checkpoint checkpoints --device cuda
+    python scripts/serve_figures.py --checkpoint /tmp/full --quantize int8   # official size (random), CPU
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default="tiny")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--quantize", default=None, help="passed to the app (int8: the CPU speed mode)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent conversations on one replica, 1..N")
     a = p.parse_args()
@@ -135,7 +137,7 @@ def main() -> None:
 
         a.checkpoint = str(make_endless_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="serve-figures-")) / "tiny"))
     model_args = ["--checkpoint", a.checkpoint, "--device", a.device, "--asr", "none",
-                  "--max-new-tokens", str(a.max_new_tokens)]
+                  "--max-new-tokens", str(a.max_new_tokens)] + (["--quantize", a.quantize] if a.quantize else [])
     single = single_process(model_args, a.rounds)
     print(f"single-process app: first audio {single['first_audio_s']:.3f} s (median of {a.rounds}), "
           f"RSS {single['rss_mb']:.0f} MB")

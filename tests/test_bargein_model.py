@@ -104,3 +104,35 @@ def test_a_slow_listener_holds_up_neither_the_microphone_nor_playback_and_still_
     turn = s.history[0]
     assert turn.status == "interrupted" and turn.interrupted_by == "model: irq"
     assert len(s.history) == 1  # "stop omni" did not become a question
+
+
+class FirstSoundListener(LoudFrameListener):
+    """P(irq) = 1 from the first loud frame: a model that hears the command before the VAD notices speech."""
+
+    def add(self, samples24k):
+        self.buffer = np.concatenate([self.buffer, samples24k])
+        out = []
+        while len(self.buffer) >= 2048:
+            frame, self.buffer = self.buffer[:2048], self.buffer[2048:]
+            self.fired = self.fired or np.sqrt(np.mean(frame ** 2)) > 0.02
+            out.append(1.0 if self.fired else 0.0)
+        return out
+
+
+def test_a_command_heard_before_the_vad_notices_speech_is_not_a_new_turn(tmp_path):
+    from webui.vad import VADConfig
+
+    model = ListeningModel(speed=1.2)
+    model.interrupt_listener = lambda: model.listeners.append(FirstSoundListener()) or model.listeners[-1]
+    # the VAD declares speech only after 0.5 s of it: the listener has fired long before
+    engine = Engine(model, EngineConfig(policy="model", vad=VADConfig(onset_s=0.5)), transcriber=None,
+                    recordings_dir=str(tmp_path), options_cls=Options)
+    s = engine.new_session()
+    q = speech(QUESTION)
+    run_realtime(s, timeline(silence(1.0), q, silence(7.0 - len(q) / 16000), speech("stop omni please"),
+                             silence(3.0)), extra_s=4.0)
+    engine.close()
+    turn = s.history[0]
+    assert turn.status == "interrupted" and turn.interrupted_by == "model: irq"
+    assert len(s.history) == 1 and len(model.calls) == 1, [t.task for t in s.history]  # not a question
+    assert any(e["ev"] == "irq_command_dropped" for e in s.events)

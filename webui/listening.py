@@ -20,6 +20,9 @@ from .vad import SpeechStarted, TurnDetector, TurnEnded, load_silero
 from .worker import Job
 
 log = logging.getLogger("webui")
+# policy `model`: a turn whose speech spans the moment the model heard a stop command (give or take this) is the
+# command itself, when the model heard it before the VAD noticed speech
+IRQ_MARGIN_S = 0.5
 
 
 def _digest(audio: np.ndarray) -> bytes:
@@ -99,6 +102,21 @@ class Listening:
             if u is not None:  # the model heard the command in it: the rest of it is never a new turn
                 u.command = True
                 self._barge.utterance = u
+            else:  # heard before the VAD noticed speech: the utterance the VAD finds around now is the command
+                self._irq_command_at = now
+
+    def _was_irq_command(self, ev, t_wall: float) -> bool:
+        """Whether a turn the VAD found spans the moment the model heard a stop command (policy `model`)."""
+        at = getattr(self, "_irq_command_at", None)
+        if at is None:
+            return False
+        onset = t_wall - (ev.t_end - ev.t_start)
+        if onset - IRQ_MARGIN_S <= at <= t_wall + IRQ_MARGIN_S:
+            self._irq_command_at = None
+            return True
+        if at < onset - IRQ_MARGIN_S:  # a later utterance: that command had no utterance of its own
+            self._irq_command_at = None
+        return False
 
     def _encode_early(self, det: TurnDetector) -> None:
         """While a spoken turn's end-of-turn silence runs out, have the model encode the turn's audio (the audio
@@ -144,6 +162,9 @@ class Listening:
         self._barge.utterance = None
         if u is not None and (u.ignored or u.command):
             return  # the assistant's own voice, or the stop command itself
+        if isinstance(ev, TurnEnded) and self._was_irq_command(ev, t_wall):
+            self._event("irq_command_dropped", speech_s=ev.speech_s)
+            return
         if isinstance(ev, TurnEnded):
             self._event("turn_detected", start=ev.t_start, end=ev.t_end, speech_s=ev.speech_s)
             frame = self.camera_frame()
