@@ -55,6 +55,15 @@ def _stop_like_ctrl_c(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_page_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM to the page (with --api): the API's open conversations end after their answers, told why, first."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from webui.realtime_server import end_conversations_from_thread
+
+    end_conversations_from_thread()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     app = OmniApp(args)
     # `kill`, systemd and docker stop with SIGTERM: end like Ctrl-C, so open sessions are closed (transcripts of a
     # --recordings folder written) instead of the process vanishing
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    signal.signal(signal.SIGTERM, _stop_page_like_ctrl_c if args.api else _stop_like_ctrl_c)
     app.load_in_background()  # the page comes up at once and shows loading progress
     routes, key = [], None
     if args.api:

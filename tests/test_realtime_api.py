@@ -311,13 +311,16 @@ def test_web_pages_from_other_sites_are_refused(server):
     run(go())
 
 
-def test_the_api_alone_stops_cleanly_on_sigterm_with_a_client_connected(tmp_path):
-    """`python app.py --ui none --api`: SIGTERM (docker stop, systemd) ends it like Ctrl-C, without a traceback,
-    and the open conversation's transcript is written to --recordings."""
+@pytest.mark.parametrize("ui", ["none", "gradio"])
+def test_sigterm_lets_the_answer_finish_tells_the_client_and_stops_cleanly(tmp_path, ui):
+    """`python app.py --ui none --api` and the page with `--api`: SIGTERM (docker stop, systemd) mid-answer lets
+    the answer finish (within 5 s), tells the client why (`session_ended`, then a 1012 close), and ends like
+    Ctrl-C, without a traceback, the open conversation's transcript written to --recordings."""
     port = free_port()
     log = tmp_path / "app.log"
+    ckpt = make_endless_tiny_checkpoint(tmp_path / "tiny")  # an answer that surely speaks for 20 tokens
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", "tiny", "--ui", "none", "--api",
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(ckpt), "--ui", ui, "--api",
                                  "--port", str(port), "--recordings", str(tmp_path / "rec"), "--max-new-tokens", "20",
                                  "--asr", "none"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -333,14 +336,23 @@ def test_the_api_alone_stops_cleanly_on_sigterm_with_a_client_connected(tmp_path
             async def go():
                 async with connect(f"ws://127.0.0.1:{port}/v1") as c:
                     start = await ask_typed(c, "hi")
-                    await c.wait("response.done", start, timeout=60)
+                    await c.wait("response.output_audio.delta", start, timeout=120)
                     proc.terminate()
-                    assert await asyncio.to_thread(proc.wait, 20) == 0
+                    done = await c.wait("response.done", start, timeout=30)
+                    bye = await c.wait("error", start, timeout=30)
+                    t1 = time.monotonic()
+                    while not c.closed and time.monotonic() < t1 + 10:
+                        await asyncio.sleep(0.05)
+                    assert await asyncio.to_thread(proc.wait, 30) == 0
+                    return c, done, bye
 
-            run(go())
+            c, done, bye = run(go())
         finally:
             if proc.poll() is None:
                 proc.kill()
+    assert done.response.status == "completed"  # 20 tokens: well within the 5 s it may take
+    assert bye.error.code == "session_ended" and "shutting down" in bye.error.message
+    assert c.types()[-1] == "error" and getattr(getattr(c.closed, "rcvd", None), "code", None) == 1012
     assert "Traceback" not in log.read_text()
     assert list((tmp_path / "rec").glob("*/transcript.json"))
 

@@ -6,6 +6,7 @@ webui/realtime_connection.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import os
 
@@ -18,6 +19,12 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 # a WebSocket frame above this closes the connection (code 1009, uvicorn's default); an event between
 # rp.MAX_EVENT_BYTES and this gets an error event
 WS_MAX_BYTES = 16 * 1024 * 1024
+# on SIGTERM (docker stop waits 10 s before SIGKILL) each open conversation may finish its answer for this long, then
+# is stopped, told why (`session_ended`) and closed with 1012
+ENDING_S = 5.0
+SHUTTING_DOWN = ("The server is shutting down. Your conversation ended after its last answer (or where it was when "
+                 "time ran out); connect again once the server is back.")
+LIVE: set = set()  # this process's open connections (each with the loop it is served on: `.loop`)
 
 
 def api_key(args) -> str | None:
@@ -72,9 +79,32 @@ def realtime_endpoint(app, key: str | None):
                                               kind="server_error"))
             await ws.close(code=1011)
             return
-        await RealtimeConnection(ws, app.engine, beta).serve()
+        conn = RealtimeConnection(ws, app.engine, beta)
+        conn.loop = asyncio.get_running_loop()
+        LIVE.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            LIVE.discard(conn)
 
     return endpoint
+
+
+def _ending(conn, within_s: float):
+    return conn.end_after_answer("session_ended", SHUTTING_DOWN, within_s)
+
+
+async def end_conversations(within_s: float = ENDING_S) -> None:
+    """On the server's loop: every open conversation ends after its answer (stopped past `within_s`), told why."""
+    await asyncio.gather(*(_ending(c, within_s) for c in list(LIVE) if c.session is not None),
+                         return_exceptions=True)
+
+
+def end_conversations_from_thread(within_s: float = ENDING_S) -> None:
+    """The same from another thread (the main thread's SIGTERM handler while Gradio's server runs elsewhere)."""
+    running = [asyncio.run_coroutine_threadsafe(_ending(c, within_s), c.loop) for c in list(LIVE)
+               if c.session is not None]
+    concurrent.futures.wait(running, timeout=within_s + 6.0)
 
 
 def realtime_routes(app, key: str | None) -> list:
@@ -104,4 +134,9 @@ def server_config(web, host: str, port: int):
 def serve_api_only(app, host: str, port: int, key: str | None) -> None:
     import uvicorn
 
-    uvicorn.Server(server_config(api_only_app(app, key), host, port)).run()
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            await end_conversations()  # before uvicorn closes every WebSocket with a bare 1012
+            await super().shutdown(sockets)
+
+    Server(server_config(api_only_app(app, key), host, port)).run()
