@@ -92,12 +92,13 @@ def tmux(sock: str, *args: str) -> str:
 
 
 def test_terminal_view_in_tmux(pulse, camera, tmp_path):
-    """The rich view on a real terminal: state, devices, echo canceller, camera; keys m, c and q."""
+    """The rich view on a real terminal: state, devices, echo canceller, camera, the barge-in policy (`model`, which
+    the tiny checkpoint lacks: the view says so); keys m, c and q."""
     assert shutil.which("tmux"), "tmux is installed by scripts/setup.sh"
     sock = f"omni-{os.getpid()}"
     env = pulse.env()
     cmd = " ".join(app_cmd("--checkpoint", "tiny", "--camera", str(camera.path), "--recordings",
-                           str(tmp_path / "rec"))) + f" ; echo EXIT=$? > {tmp_path / 'rc'}"
+                           str(tmp_path / "rec"), "--policy", "model")) + f" ; echo EXIT=$? > {tmp_path / 'rc'}"
     keep = ["PULSE_SERVER", "ALSA_CONFIG_PATH", "HOME", "XDG_RUNTIME_DIR"]
     tmux(sock, "new-session", "-d", "-x", "110", "-y", "50", *sum((["-e", f"{k}={env[k]}"] for k in keep), []),
          "-c", str(ROOT), cmd)
@@ -113,7 +114,8 @@ def test_terminal_view_in_tmux(pulse, camera, tmp_path):
         raise AssertionError(f"not all of {needles!r} on the screen:\n{screen}")
 
     try:
-        screen_with("LISTENING", "presenter mode", "WebRTC AEC3", "on 320x240", "space push-to-talk")
+        screen_with("LISTENING", "presenter mode", "WebRTC AEC3", "on 320x240", "space push-to-talk",
+                    "which this checkpoint lacks")
         tmux(sock, "send-keys", "m")
         screen_with("MUTED")
         tmux(sock, "send-keys", "m")

@@ -18,7 +18,7 @@ from .local_audio import (DeviceError, Microphone, Speaker, device_lines, device
                           open_portaudio, pick, quiet_stderr, supported_rate)
 from .local_camera import Camera, camera_lines, gui_support
 from .local_link import AudioLink
-from .local_view import Keys, LineView, TerminalView, ViewState
+from .local_view import POLICY_LABELS, Keys, LineView, TerminalView, ViewState
 
 log = logging.getLogger("webui")
 
@@ -236,8 +236,7 @@ class PresenterApp:
         v = ViewState(
             state=self._state(snap),
             echo=self.echo_label + (f", the mic {erle:.0f} dB quieter while it speaks" if erle is not None else ""), camera=camera, level=self.link.level,
-            policy={"command": "only stop phrases interrupt", "any": "any speech interrupts",
-                    "off": "half-duplex: the mic is off while it speaks"}[self.session.config.policy],
+            policy=self._policy_label(),
             mic=f"{mic.device.name} ({mic.rate} Hz)" if mic else self.lost.get("microphone", "none"),
             speaker=f"{spk.device.name} ({spk.rate} Hz)" if spk else self.lost.get("speaker", "none"),
             notice=snap["notice"], banner=self.banner)
@@ -254,6 +253,12 @@ class PresenterApp:
             v.figures = [(label, unit.format(figures[k])) for k, (label, unit) in FIGURES.items()
                          if figures.get(k) not in (None, "")]
         return v
+
+    def _policy_label(self) -> str:
+        policy = self.session.config.policy
+        if policy == "model" and not getattr(self.engine.model, "has_interrupt", False):
+            return "the model's own stop signal, which this checkpoint lacks: nothing interrupts (s stops)"
+        return POLICY_LABELS[policy]
 
     def _state(self, snap: dict) -> str:
         if self.link.recording:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 KEYS = "space push-to-talk · s stop the answer · m mute the mic · c camera on/off · q quit"
+POLICY_LABELS = {"command": "only stop phrases interrupt", "any": "any speech interrupts",
+                 "off": "half-duplex: the mic is off while it speaks",
+                 "model": "the model's own stop signal (irq) interrupts"}
 
 
 @dataclass
