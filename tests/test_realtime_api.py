@@ -228,6 +228,48 @@ def test_any_speech_interrupts_with_interrupt_policy_any(server):
     run(go())
 
 
+class HearsTheEndOfSpeech:
+    """Stands in for a checkpoint trained with `omni train --stage irq` (the trained listener is tested in
+    test_train.py): P(irq) = 1 from the first quiet 85 ms frame after 3 loud ones."""
+
+    def __init__(self):
+        self.buffer, self.loud, self.fired = np.zeros(0, np.float32), 0, False
+
+    def add(self, samples24k):
+        self.buffer, out = np.concatenate([self.buffer, samples24k]), []
+        while len(self.buffer) >= 2048:
+            frame, self.buffer = self.buffer[:2048], self.buffer[2048:]
+            loud = np.sqrt(np.mean(frame ** 2)) > 0.02
+            self.loud += loud
+            self.fired = self.fired or (not loud and self.loud >= 3)
+            out.append(1.0 if self.fired else 0.0)
+        return out
+
+
+def test_the_models_own_stop_signal_with_interrupt_policy_model(server, monkeypatch):
+    from omni.inference import Omni
+
+    monkeypatch.setattr(Omni, "has_interrupt", True)
+    monkeypatch.setattr(server.engine.model, "interrupt_listener", HearsTheEndOfSpeech, raising=False)
+
+    async def go():
+        async with connect(server.url) as c:
+            await c.send({"type": "session.update", "session": {"interrupt_policy": "model"}})
+            assert (await c.wait("session.updated")).session.interrupt_policy == "model"
+            await c.stream(spoken("tell me about the moon", tail_s=0.8))
+            first = await c.wait("response.created")
+            await c.wait("response.output_audio.delta")
+            await asyncio.sleep(0.5)
+            await c.stream(spoken("stop omni", lead_s=0.0, tail_s=1.5))
+            done = await c.wait("response.done")
+            assert done.response.id == first.response.id and done.response.status == "cancelled"
+            assert done.response.status_details.interrupted_by == "model: irq"
+            await asyncio.sleep(1.5)
+            assert c.types().count("response.created") == 1  # the command is never a question
+
+    run(go())
+
+
 def test_instructions_are_ignored_with_a_warning(server):
     async def go():
         async with connect(server.url) as c:
