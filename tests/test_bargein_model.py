@@ -71,6 +71,7 @@ def test_a_checkpoint_without_the_signal_is_not_interrupted_and_says_why(tmp_pat
     s, _ = run(tmp_path, model)
     assert s.interrupts == 0 and not model.listeners
     assert any(e["ev"] == "model_policy_unavailable" for e in s.events)
+    assert "omni train --stage irq" in s.snapshot()["notice"]  # what the pages show
 
 
 class SlowListener(LoudFrameListener):
@@ -136,3 +137,13 @@ def test_a_command_heard_before_the_vad_notices_speech_is_not_a_new_turn(tmp_pat
     assert turn.status == "interrupted" and turn.interrupted_by == "model: irq"
     assert len(s.history) == 1 and len(model.calls) == 1, [t.task for t in s.history]  # not a question
     assert any(e["ev"] == "irq_command_dropped" for e in s.events)
+
+
+def test_starting_with_policy_model_on_a_checkpoint_without_the_signal_says_so(tiny_ckpt):
+    from webui.startup import parse, start_engine
+
+    said: list[str] = []
+    engine, ready = start_engine(parse(["--checkpoint", str(tiny_ckpt), "--policy", "model", "--asr", "none"]),
+                                 say=said.append)
+    engine.close()
+    assert ready.startswith("Model ready") and "omni train --stage irq" in ready  # the status line every UI shows

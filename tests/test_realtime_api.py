@@ -270,6 +270,18 @@ def test_the_models_own_stop_signal_with_interrupt_policy_model(server, monkeypa
     run(go())
 
 
+def test_policy_model_on_a_checkpoint_without_the_signal_is_taken_with_a_warning(server):
+    async def go():
+        async with connect(server.url) as c:
+            await c.send({"type": "session.update", "session": {"interrupt_policy": "model"}})
+            warn = await c.wait("error")
+            assert warn.error.type == "warning" and warn.error.code == "policy_unavailable"
+            assert "omni train --stage irq" in warn.error.message
+            assert (await c.wait("session.updated")).session.interrupt_policy == "model"
+
+    run(go())
+
+
 def test_instructions_are_ignored_with_a_warning(server):
     async def go():
         async with connect(server.url) as c:

@@ -14,6 +14,9 @@ MAX_TEXT_CHARS = 2000
 # Mini-Omni2 has one image task, IMAGE_A1A2: a picture with a spoken question (no typed question with a picture)
 PICTURE_NEEDS_VOICE = ("The model answers about a picture only when the question is spoken: ask out loud with the "
                        "webcam on, or upload a recorded question (audio) together with the picture.")
+MODEL_POLICY_MISSING = ("Barge-in policy 'model' needs a checkpoint trained for it (`python -m omni train --stage "
+                        "irq`); this one has no stop signal, so speech does not interrupt the answer (the stop "
+                        "button does; policy 'command' hears \"stop omni\").")
 MAX_TURNS_KEPT = 200  # older turns are dropped from memory (and from the export) to bound a session
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .bargein import Check, Duck, Interrupt, Note, RunCheck, Unduck, Utterance
-from .config import EARLY_ENCODE_AFTER_S
+from .config import EARLY_ENCODE_AFTER_S, MODEL_POLICY_MISSING
 from .interrupt import CommandCheck, normalize
 from .turn import Turn
 from .vad import SAMPLE_RATE as VAD_RATE
@@ -79,6 +79,7 @@ class Listening:
             if turn is not None and getattr(self, "_irq_unavailable", None) is not turn:
                 self._irq_unavailable = turn  # said once per answer (attributes set here: no Session change)
                 self._event("model_policy_unavailable")
+                self.notice = MODEL_POLICY_MISSING
             return
         listening = getattr(self, "_irq_listening", None)
         if listening is None or listening[0] is not turn:

@@ -182,6 +182,7 @@ def start_engine(args, say: Callable[[str], None] = print, event_sink=None):
     engine and a one-line summary for the status line."""
     import omni
 
+    from .config import MODEL_POLICY_MISSING
     from .engine import Engine, freeze_heap
     from .interrupt import make_transcriber
     from .private import tiny_checkpoint_dir
@@ -210,7 +211,10 @@ def start_engine(args, say: Callable[[str], None] = print, event_sink=None):
     for _ in model.stream("T1T2", text="hi", options=omni.DecodingOptions(max_new_tokens=2)):
         pass
     freeze_heap()
-    return engine, f"Model ready ({time.monotonic() - t0:.1f} s). Stop-command ASR: {asr}."
+    ready = f"Model ready ({time.monotonic() - t0:.1f} s). Stop-command ASR: {asr}."
+    if config.policy == "model" and not getattr(model, "has_interrupt", False):
+        ready += f" {MODEL_POLICY_MISSING}"
+    return engine, ready
 
 
 # ------------------------------------------------------------------------------ latency figures
