@@ -25,6 +25,7 @@ ENDING_S = 5.0
 SHUTTING_DOWN = ("The server is shutting down. Your conversation ended after its last answer (or where it was when "
                  "time ran out); connect again once the server is back.")
 LIVE: set = set()  # this process's open connections (each with the loop it is served on: `.loop`)
+SETTLE_S = 6.0  # past `within_s`: a stopped answer's response.done, the goodbye and the close
 
 
 def api_key(args) -> str | None:
@@ -90,21 +91,30 @@ def realtime_endpoint(app, key: str | None):
     return endpoint
 
 
-def _ending(conn, within_s: float):
-    return conn.end_after_answer("session_ended", SHUTTING_DOWN, within_s)
+async def end_conversations(live: set, message: str, within_s: float) -> None:
+    """On the connections' loop: every connection in `live` (they leave it once closed) ends after its answer
+    (stopped past `within_s`), told why with `session_ended`, one let in meanwhile too; returns once none is left."""
+    ending: dict = {}
+    while live or not all(t.done() for t in ending.values()):
+        for c in list(live):
+            if c not in ending and c.session is not None:
+                ending[c] = asyncio.create_task(c.end_after_answer("session_ended", message, within_s))
+        await asyncio.sleep(0.2)
 
 
-async def end_conversations(within_s: float = ENDING_S) -> None:
-    """On the server's loop: every open conversation ends after its answer (stopped past `within_s`), told why."""
-    await asyncio.gather(*(_ending(c, within_s) for c in list(LIVE) if c.session is not None),
-                         return_exceptions=True)
+async def end_this_servers_conversations(within_s: float = ENDING_S) -> None:
+    """The server is stopping: its conversations end as above, for at most `within_s` + SETTLE_S."""
+    try:
+        await asyncio.wait_for(end_conversations(LIVE, SHUTTING_DOWN, within_s), within_s + SETTLE_S)
+    except TimeoutError:  # a client that never answers the close: uvicorn closes it
+        pass
 
 
 def end_conversations_from_thread(within_s: float = ENDING_S) -> None:
     """The same from another thread (the main thread's SIGTERM handler while Gradio's server runs elsewhere)."""
-    running = [asyncio.run_coroutine_threadsafe(_ending(c, within_s), c.loop) for c in list(LIVE)
-               if c.session is not None]
-    concurrent.futures.wait(running, timeout=within_s + 6.0)
+    loops = {c.loop for c in list(LIVE)}  # one: the server's
+    running = [asyncio.run_coroutine_threadsafe(end_this_servers_conversations(within_s), loop) for loop in loops]
+    concurrent.futures.wait(running, timeout=within_s + SETTLE_S + 1.0)
 
 
 def realtime_routes(app, key: str | None) -> list:
@@ -136,7 +146,7 @@ def serve_api_only(app, host: str, port: int, key: str | None) -> None:
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
-            await end_conversations()  # before uvicorn closes every WebSocket with a bare 1012
+            await end_this_servers_conversations()  # before uvicorn closes every WebSocket with a bare 1012
             await super().shutdown(sockets)
 
     Server(server_config(api_only_app(app, key), host, port)).run()

@@ -15,7 +15,7 @@ from ray import serve
 
 from . import realtime_protocol as rp
 from .realtime_connection import RealtimeConnection
-from .realtime_server import api_key, handshake
+from .realtime_server import api_key, end_conversations, handshake
 from .serve_admission import Admission, Closing, Full
 
 log = logging.getLogger("webui")
@@ -94,12 +94,7 @@ class ModelReplica:
         are told, and each conversation ends after its answer, with an `error` saying why."""
         log.info("replica %s: stopping, ending %d conversations", self.replica, len(self.connections))
         await self.admission.close(ENDED)
-        ending: dict[ReplicaConnection, asyncio.Task] = {}
-        while self.connections or not all(t.done() for t in ending.values()):
-            for c in list(self.connections):  # one let in just before the close is ended once its session is up
-                if c not in ending and c.session is not None:
-                    ending[c] = asyncio.create_task(c.end_after_answer("session_ended", ENDED, ENDING_S))
-            await asyncio.sleep(0.2)
+        await end_conversations(self.connections, ENDED, ENDING_S)  # Ray stops the replica past its own limit
 
     @api.websocket("/realtime")
     async def realtime(self, ws: WebSocket) -> None:
