@@ -17,6 +17,13 @@ PICTURE_NEEDS_VOICE = ("The model answers about a picture only when the question
 MODEL_POLICY_MISSING = ("Barge-in policy 'model' needs a checkpoint trained for it (`python -m omni train --stage "
                         "irq`); this one has no stop signal, so speech does not interrupt the answer (the stop "
                         "button does; policy 'command' hears \"stop omni\").")
+
+
+def policy_warning(policy: str, model) -> str | None:
+    """What to tell the user when barge-in policy 'model' meets a checkpoint without the stop signal, else None."""
+    return MODEL_POLICY_MISSING if policy == "model" and not getattr(model, "has_interrupt", False) else None
+
+
 MAX_TURNS_KEPT = 200  # older turns are dropped from memory (and from the export) to bound a session
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import MODEL_POLICY_MISSING, EngineConfig
+from .config import EngineConfig, policy_warning
 from .interrupt import parse_phrases
 from .startup import LATENCY_COLUMNS, latency_row
 from .uploads import NOT_AN_IMAGE
@@ -275,10 +275,10 @@ class Handlers:
             gr.Warning(str(e))
             return f"⚠️ Not applied: {e}"
         c = s.config  # the values in force (a slider's number box can show more than its range allows)
-        missing = c.policy == "model" and not getattr(self.app.engine.model, "has_interrupt", False)
+        warning = policy_warning(c.policy, self.app.engine.model)
         return (f"Settings applied: policy {c.policy}; stop phrases: {', '.join(ph)}; end-of-turn silence "
                 f"{c.vad.end_silence_s:g} s; max new tokens {c.max_new_tokens}; playback prebuffer {c.prebuffer_s:g} s."
-                + (f" ⚠️ {MODEL_POLICY_MISSING}" if missing else ""))
+                + (f" ⚠️ {warning}" if warning else ""))
 
 
 def refusing(fn):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .bargein import Check, Duck, Interrupt, Note, RunCheck, Unduck, Utterance
-from .config import EARLY_ENCODE_AFTER_S, MODEL_POLICY_MISSING
+from .config import EARLY_ENCODE_AFTER_S, policy_warning
 from .interrupt import CommandCheck, normalize
 from .turn import Turn
 from .vad import SAMPLE_RATE as VAD_RATE
@@ -73,13 +73,13 @@ class Listening:
         """Barge-in policy `model`: the mic audio to the checkpoint's interruption listener (omni/listen.py), a new
         one for each answer, on a thread of its own (webui/model_listener.py); irq on a frame interrupts the answer
         as a stop phrase would (`_irq_heard`)."""
-        turn = self._current
-        model = self.shared.model
-        if turn is None or not getattr(model, "has_interrupt", False):
+        turn, model = self._current, self.shared.model
+        warning = policy_warning("model", model)
+        if turn is None or warning:
             if turn is not None and getattr(self, "_irq_unavailable", None) is not turn:
                 self._irq_unavailable = turn  # said once per answer (attributes set here: no Session change)
                 self._event("model_policy_unavailable")
-                self.notice = MODEL_POLICY_MISSING
+                self.notice = warning
             return
         listening = getattr(self, "_irq_listening", None)
         if listening is None or listening[0] is not turn:

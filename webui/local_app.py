@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from .config import policy_warning
 from .echo import make_canceller
 from .local_audio import (DeviceError, Microphone, Speaker, device_lines, devices, native_stderr_away,
                           open_portaudio, pick, quiet_stderr, supported_rate)
@@ -256,7 +257,7 @@ class PresenterApp:
 
     def _policy_label(self) -> str:
         policy = self.session.config.policy
-        if policy == "model" and not getattr(self.engine.model, "has_interrupt", False):
+        if policy_warning(policy, self.engine.model):
             return "the model's own stop signal, which this checkpoint lacks: nothing interrupts (s stops)"
         return POLICY_LABELS[policy]
 

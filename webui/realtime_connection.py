@@ -19,7 +19,7 @@ from io import BytesIO
 import numpy as np
 
 from . import realtime_protocol as rp
-from .config import MODEL_POLICY_MISSING
+from .config import policy_warning
 from .engine import EngineBusy
 from .turn import Turn
 
@@ -339,9 +339,9 @@ class RealtimeConnection:
                     s.update_config(policy=self.engine.config.policy)
         if u.policy is not None:
             s.update_config(policy=u.policy)
-            if u.policy == "model" and not getattr(self.engine.model, "has_interrupt", False):
-                await self.error("policy_unavailable", MODEL_POLICY_MISSING, "session.interrupt_policy",
-                                 kind="warning")
+            warning = policy_warning(u.policy, self.engine.model)
+            if warning:
+                await self.error("policy_unavailable", warning, "session.interrupt_policy", kind="warning")
         if u.task is not None:
             self.task = u.task
         if u.instructions:

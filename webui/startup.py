@@ -182,7 +182,7 @@ def start_engine(args, say: Callable[[str], None] = print, event_sink=None):
     engine and a one-line summary for the status line."""
     import omni
 
-    from .config import MODEL_POLICY_MISSING
+    from .config import policy_warning
     from .engine import Engine, freeze_heap
     from .interrupt import make_transcriber
     from .private import tiny_checkpoint_dir
@@ -212,9 +212,8 @@ def start_engine(args, say: Callable[[str], None] = print, event_sink=None):
         pass
     freeze_heap()
     ready = f"Model ready ({time.monotonic() - t0:.1f} s). Stop-command ASR: {asr}."
-    if config.policy == "model" and not getattr(model, "has_interrupt", False):
-        ready += f" {MODEL_POLICY_MISSING}"
-    return engine, ready
+    warning = policy_warning(config.policy, model)
+    return engine, ready + (f" {warning}" if warning else "")
 
 
 # ------------------------------------------------------------------------------ latency figures
