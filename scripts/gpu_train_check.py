@@ -20,7 +20,6 @@ import random
 import re
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,10 @@ sys.path.insert(0, str(ROOT))
 SUMMARY = re.compile(r"stage (\S+): (\d+) steps, ([\d.]+) s/step, (.+)")
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-
-
 def make_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
     """A manifest of every kind of line (ASR, spoken and typed questions with speech answers, a picture) and one of
     listening streams, from generated signals."""
+    import soundfile as sf
     from PIL import Image
 
     from omni.bench import spoken_question
@@ -51,7 +43,7 @@ def make_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
     lines, streams = [], []
     for i in range(n):
         sr, q = spoken_question(1.5 + 0.25 * (i % 4))
-        write_wav(folder / f"q{i}.wav", q, sr)
+        sf.write(folder / f"q{i}.wav", q, sr, subtype="PCM_16")
         codes = [[rng.randrange(4096) for _ in range(7)] for _ in range(12 + i)]
         lines += [{"audio": f"q{i}.wav", "task": "ASR", "target_text": f"question number {i}"},
                   {"audio": f"q{i}.wav", "target_text": f"answer number {i}", "target_codes": codes},
@@ -59,7 +51,7 @@ def make_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
         Image.fromarray(np.full((224, 224, 3), (40 * i) % 256, np.uint8)).save(folder / f"p{i}.png")
         lines.append({"audio": f"q{i}.wav", "image": f"p{i}.png", "target_text": f"picture number {i}"})
         _, s = spoken_question(3.0, 24000)
-        write_wav(folder / f"s{i}.wav", 0.5 * s, 24000)
+        sf.write(folder / f"s{i}.wav", 0.5 * s, 24000, subtype="PCM_16")
         streams.append({"stream": f"s{i}.wav", "command_end": 2.0 if i % 2 else None, "background": "tones"})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "streams.jsonl").write_text("".join(json.dumps(x) + "\n" for x in streams))

@@ -13,6 +13,7 @@ untouched: a random or untrained head costs the same as a trained one).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -26,31 +27,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FRAME = 2048  # samples of one SNAC frame at 24 kHz (85.3 ms)
-IRQ, N_IRQ = 151941, 151942  # the ids `omni train --stage irq` declares
 
 
 def with_irq_tokens(ckpt: Path) -> Path:
-    """`ckpt` itself if it declares irq/n-irq, else a temporary copy (links) whose model_config.yaml does."""
-    import yaml
+    """`ckpt` itself if it declares irq/n-irq, else a temporary copy (links) whose model_config.yaml does, as
+    `omni train --stage irq` declares them."""
+    from omni.config import ModelConfig
+    from omni.listen import interrupt_tokens
+    from omni.train.interrupt import with_status_tokens, write_token_declaration
 
-    cfg = yaml.safe_load((ckpt / "model_config.yaml").read_text())
-    if cfg.get("irq_token") is not None:
+    cfg = ModelConfig.from_file(ckpt / "model_config.yaml")
+    if interrupt_tokens(cfg) is not None:
         return ckpt
     out = Path(tempfile.mkdtemp(prefix="irq-cost-")) / "ckpt"
     out.mkdir()
     for f in ckpt.iterdir():
         if f.name != "model_config.yaml":
             (out / f.name).symlink_to(f.resolve())
-    (out / "model_config.yaml").write_text(yaml.safe_dump({**cfg, "irq_token": IRQ, "n_irq_token": N_IRQ}))
+    shutil.copy(ckpt / "model_config.yaml", out / "model_config.yaml")
+    write_token_declaration(out, with_status_tokens(cfg))
     return out
 
 
 def answer(model, tokens: int) -> dict:
     """A typed question answered in speech (T1A2) for exactly `tokens` steps: steps/s and first audio."""
+    from dataclasses import replace
+
     from omni.bench import TIMING
     from omni.events import Finished
 
-    opts = TIMING.__class__(**{**TIMING.__dict__, "max_new_tokens": tokens})
+    opts = replace(TIMING, max_new_tokens=tokens)
     for ev in model.stream("T1A2", text="Tell me a long story about the sea.", options=opts):
         if isinstance(ev, Finished):
             st = ev.result.stats

@@ -23,11 +23,17 @@ from .sequence import IGNORE, Example
 IRQ_OFFSET, N_IRQ_OFFSET = 5, 6  # eot + 5, + 6: the first text specials no released layout uses (151941, 151942)
 
 
+def with_status_tokens(cfg):
+    """The config with the two status tokens (as it is where it has them already)."""
+    if interrupt_tokens(cfg) is not None:
+        return cfg
+    v = Vocab.of(cfg)
+    return replace(cfg, irq_token=v.eot + IRQ_OFFSET, n_irq_token=v.eot + N_IRQ_OFFSET)
+
+
 def declare_tokens(parts) -> None:
     """Give the checkpoint's config the two status tokens (kept where it has them already)."""
-    if interrupt_tokens(parts.cfg) is None:
-        v = Vocab.of(parts.cfg)
-        parts.cfg = replace(parts.cfg, irq_token=v.eot + IRQ_OFFSET, n_irq_token=v.eot + N_IRQ_OFFSET)
+    parts.cfg = with_status_tokens(parts.cfg)
     parts.lm.cfg = parts.cfg
 
 
