@@ -10,6 +10,7 @@ import time
 from contextlib import asynccontextmanager
 
 import numpy as np
+import pytest
 
 from webui_fixtures import silence, speech  # noqa: F401  (tests import them from here)
 
@@ -55,6 +56,22 @@ class ApiServer:
         self.server.should_exit = True
         self.thread.join(15)
         self.app.engine.close()
+
+
+def api_server_fixture(name: str, tokens: int, *extra: str):
+    """A module's `server` fixture: ApiServer on a tiny checkpoint whose answers run to `tokens`, recording into a
+    folder of its own (`server = api_server_fixture("api", 80)`)."""
+    from omni.random_checkpoint import make_endless_tiny_checkpoint
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        tmp = tmp_path_factory.mktemp(name)
+        srv = ApiServer(["--checkpoint", str(make_endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens",
+                         str(tokens), "--recordings", str(tmp / "rec"), *extra])
+        yield srv
+        srv.close()
+
+    return server
 
 
 def pcm16(audio: np.ndarray) -> np.ndarray:

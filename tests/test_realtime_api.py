@@ -18,20 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realtime_fixtures import ApiServer, audio_of, connect, free_port, spoken
+from realtime_fixtures import api_server_fixture, audio_of, connect, free_port, spoken
 from omni.random_checkpoint import make_endless_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 80  # an answer of ~6 s of speech
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
-    ckpt = make_endless_tiny_checkpoint(tmp / "tiny")
-    srv = ApiServer(["--checkpoint", str(ckpt), "--max-new-tokens", str(TOKENS), "--recordings", str(tmp / "rec")])
-    yield srv
-    srv.close()
+server = api_server_fixture("api", TOKENS)
 
 
 def run(coro):
@@ -190,17 +184,31 @@ def test_cancel_stops_the_answer_once(server, beta):
     run(go())
 
 
+async def speak_over_an_answer(c, question: str, words: str, pause_s: float, tail_s: float, timeout: float = 60):
+    """A spoken question, then `words` said over its answer `pause_s` after the answer's speech began: that answer
+    is cancelled. Returns its response.created, its response.done and when `words` began."""
+    await c.stream(spoken(question, tail_s=0.8))
+    created = await c.wait("response.created")
+    await c.wait("response.output_audio.delta")
+    await asyncio.sleep(pause_s)
+    said = time.monotonic()
+    await c.stream(spoken(words, lead_s=0.0, tail_s=tail_s))
+    done = await c.wait("response.done", timeout=timeout)
+    assert done.response.id == created.response.id and done.response.status == "cancelled"
+    return created, done, said
+
+
+async def set_policy(c, policy: str) -> None:
+    await c.send({"type": "session.update", "session": {"interrupt_policy": policy}})
+    assert (await c.wait("session.updated")).session.interrupt_policy == policy
+
+
 def test_stop_omni_over_the_answer_cancels_it(server):
     async def go():
         async with connect(server.url) as c:
-            await c.stream(spoken("tell me a long story about the sea", tail_s=0.8))
-            created = await c.wait("response.created")
-            await c.wait("response.output_audio.delta")
-            await asyncio.sleep(0.8)  # past the echo guard: the answer is playing
-            t_stop = time.monotonic()
-            await c.stream(spoken("stop omni", lead_s=0.0, tail_s=1.0))
-            done = await c.wait("response.done", timeout=20)
-            assert done.response.id == created.response.id and done.response.status == "cancelled"
+            # 0.8 s: past the echo guard, the answer is playing
+            _, done, t_stop = await speak_over_an_answer(c, "tell me a long story about the sea", "stop omni", 0.8,
+                                                         1.0, timeout=20)
             assert done.response.status_details.reason == "turn_detected"
             assert "stop" in done.response.metadata["latency"]["command_transcript"].lower()
             assert time.monotonic() - t_stop < 6.0  # within the stop command and its check, not the ~6 s answer
@@ -213,15 +221,8 @@ def test_stop_omni_over_the_answer_cancels_it(server):
 def test_any_speech_interrupts_with_interrupt_policy_any(server):
     async def go():
         async with connect(server.url) as c:
-            await c.send({"type": "session.update", "session": {"interrupt_policy": "any"}})
-            assert (await c.wait("session.updated")).session.interrupt_policy == "any"
-            await c.stream(spoken("tell me about the moon", tail_s=0.8))
-            first = await c.wait("response.created")
-            await c.wait("response.output_audio.delta")
-            await asyncio.sleep(0.8)
-            await c.stream(spoken("what about mars", lead_s=0.0, tail_s=1.2))
-            done = await c.wait("response.done")
-            assert done.response.id == first.response.id and done.response.status == "cancelled"
+            await set_policy(c, "any")
+            first, _, _ = await speak_over_an_answer(c, "tell me about the moon", "what about mars", 0.8, 1.2)
             second = await c.wait("response.created", count=2)  # the new question takes the turn
             assert second.response.id != first.response.id
 
@@ -254,15 +255,8 @@ def test_the_models_own_stop_signal_with_interrupt_policy_model(server, monkeypa
 
     async def go():
         async with connect(server.url) as c:
-            await c.send({"type": "session.update", "session": {"interrupt_policy": "model"}})
-            assert (await c.wait("session.updated")).session.interrupt_policy == "model"
-            await c.stream(spoken("tell me about the moon", tail_s=0.8))
-            first = await c.wait("response.created")
-            await c.wait("response.output_audio.delta")
-            await asyncio.sleep(0.5)
-            await c.stream(spoken("stop omni", lead_s=0.0, tail_s=1.5))
-            done = await c.wait("response.done")
-            assert done.response.id == first.response.id and done.response.status == "cancelled"
+            await set_policy(c, "model")
+            _, done, _ = await speak_over_an_answer(c, "tell me about the moon", "stop omni", 0.5, 1.5)
             assert done.response.status_details.interrupted_by == "model: irq"
             await asyncio.sleep(1.5)
             assert c.types().count("response.created") == 1  # the command is never a question

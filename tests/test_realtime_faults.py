@@ -12,22 +12,14 @@ import time
 
 import numpy as np
 import pytest
-from realtime_fixtures import ApiServer, b64, connect, spoken
-from omni.random_checkpoint import make_endless_tiny_checkpoint
+from realtime_fixtures import api_server_fixture, b64, connect, spoken
 
 from webui import realtime_protocol as rp
 
 FAIL_TEXT = "please fail now"  # a typed question the injected fault recognises
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
-    ckpt = make_endless_tiny_checkpoint(tmp / "tiny")
-    srv = ApiServer(["--checkpoint", str(ckpt), "--max-new-tokens", "60", "--recordings", str(tmp / "rec"),
-                     "--asr", "none"])
-    yield srv
-    srv.close()
+server = api_server_fixture("faults", 60, "--asr", "none")
 
 
 def run(coro):

@@ -12,9 +12,7 @@ import time
 
 import numpy as np
 import psutil
-import pytest
-from realtime_fixtures import ApiServer, spoken
-from omni.random_checkpoint import make_endless_tiny_checkpoint
+from realtime_fixtures import api_server_fixture, spoken
 from webui_fixtures import run_realtime, silence, speech, timeline
 
 from webui.replay import replay
@@ -23,13 +21,7 @@ from webui.replay_script import Turn
 REPLAYS, TURNS = 3, 20
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("load")
-    srv = ApiServer(["--checkpoint", str(make_endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens", "40",
-                     "--recordings", str(tmp / "rec")])
-    yield srv
-    srv.close()
+server = api_server_fixture("load", 40)
 
 
 def script(who: int, turns: int) -> list[Turn]:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from realtime_fixtures import ApiServer
-from omni.random_checkpoint import make_endless_tiny_checkpoint
+from realtime_fixtures import api_server_fixture
 
 from webui.replay import main
 from webui.replay_script import BadScript, load_script
@@ -19,13 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "examples" / "conversation.jsonl"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("replay")
-    srv = ApiServer(["--checkpoint", str(make_endless_tiny_checkpoint(tmp / "tiny")), "--max-new-tokens", "70",
-                     "--recordings", str(tmp / "rec")])
-    yield srv
-    srv.close()
+server = api_server_fixture("replay", 70)
 
 
 def test_the_sample_script_is_replayed_and_exported(server, tmp_path, capsys):
